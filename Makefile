@@ -1,0 +1,57 @@
+# resnext3d: every target that needs Python depends on `install`, so one command works on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of this torch lies on the build machines' disk; a newer or unpinned torch pulls a
+# multi-GB CUDA build. Override for GPU machines, e.g. `make install TORCH=torch==2.13.0+cu128`.
+TORCH ?= torch==2.13.0
+EXP ?=
+DATA ?=
+ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
+
+.PHONY: help install test test-slow lint train models bench clean
+
+help: ## list the targets
+	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo
+	@echo "  experiments: $(EXPERIMENTS)"
+	@echo "  e.g. make train EXP=brats_cls [DATA=/path/to/BraTS] [ARGS='--trainer.max_epochs 3']"
+
+install: $(STAMP) ## create .venv and install the package with its dev tools (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH)"
+	touch $@
+
+test: install ## run the test suite (CPU, minutes)
+	$(BIN)/python -m pytest
+
+test-slow: install ## run only the slow tests
+	$(BIN)/python -m pytest -m slow
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check resnext3d tests
+	$(BIN)/ruff format --check resnext3d tests
+
+train: install ## train an experiment: make train EXP=<name> [DATA=dir] [ARGS=...]
+	@if [ -z "$(EXP)" ] || [ ! -f "experiments/$(EXP).yaml" ]; then \
+		echo "make train: unknown experiment '$(EXP)'. Choose one of: $(EXPERIMENTS)" >&2; \
+		echo "  e.g. make train EXP=$(firstword $(EXPERIMENTS))" >&2; exit 2; fi
+	$(BIN)/resnext3d fit --config experiments/$(EXP).yaml $(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
+
+models: install ## list the encoder presets with parameters and GFLOPs
+	$(BIN)/resnext3d models
+
+clean: ## remove the virtual environment and caches (keeps data/ and runs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,3 @@
+from resnext3d.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Model complexity counted analytically: parameters and multiply-adds (MACs).
+
+MACs come from each convolution's and linear layer's output shape during one forward pass, which
+is what the ResNeXt paper reports as FLOPs. ``torch.utils.flop_counter`` is avoided on purpose:
+in torch 2.13 it overcounts grouped-convolution backward by a factor of ``groups``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+# (C, d) of the paper's Table 2: conv2-stage blocks of about equal complexity in 2D.
+PAPER_TABLE2 = ((1, 64), (2, 40), (4, 24), (8, 14), (32, 4))
+BLOCK_CHANNELS = 256  # input and output channels of a conv2-stage block
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of an input of ``input_shape`` (batch included).
+
+    Build the model under ``torch.device("meta")`` to count a large one without memory or time.
+    """
+    total = 0
+
+    def conv_hook(module: nn.modules.conv._ConvNd, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+        total += output.numel() * per_output
+
+    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(*input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def bottleneck_parameters(cardinality: int, width: int, spatial_dims: int = 2) -> int:
+    """Parameters of a conv2-stage bottleneck: C paths of 1×1 (256→d), 3×…×3 (d→d), 1×1 (d→256)."""
+    kernel = 3**spatial_dims
+    return cardinality * (BLOCK_CHANNELS * width + kernel * width * width + width * BLOCK_CHANNELS)
+
+
+def equal_complexity_width(cardinality: int, budget: int, spatial_dims: int) -> int:
+    """The group width d whose block's parameter count is closest to ``budget`` for this C."""
+    kernel = 3**spatial_dims
+    # C * (512 d + k d^2) = budget, solved for the positive root, then the nearer integer.
+    root = (
+        -2 * BLOCK_CHANNELS
+        + math.sqrt((2 * BLOCK_CHANNELS) ** 2 + 4 * kernel * budget / cardinality)
+    ) / (2 * kernel)
+    candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
+    return min(
+        candidates,
+        key=lambda d: abs(bottleneck_parameters(cardinality, d, spatial_dims) - budget),
+    )
+
+
+def complexity_table(spatial_dims: int) -> list[dict]:
+    """The paper's Table 2 in ``spatial_dims``, with the d that restores equal complexity.
+
+    In 2D the paper's (C, d) pairs all cost about as much as the ResNet block (C=1, d=64). With
+    3×3×3 kernels the d² term weighs 3× more, so the same pairs no longer match: each row also
+    gives the width that matches the 3D ResNet block.
+    """
+    budget = bottleneck_parameters(1, 64, spatial_dims)
+    rows = []
+    for cardinality, width in PAPER_TABLE2:
+        equal_width = equal_complexity_width(cardinality, budget, spatial_dims)
+        rows.append(
+            {
+                "cardinality": cardinality,
+                "width": width,
+                "parameters": bottleneck_parameters(cardinality, width, spatial_dims),
+                "equal_width": equal_width,
+                "equal_parameters": bottleneck_parameters(cardinality, equal_width, spatial_dims),
+                "reference": budget,
+            }
+        )
+    return rows

@@ -1,0 +1,448 @@
+"""ResNet and ResNeXt for 2D and 3D inputs, following Xie et al. 2017 (Table 1).
+
+One class covers the whole family: ResNeXt's aggregated transformation is the bottleneck's middle
+convolution split into ``cardinality`` groups of ``base_width`` channels each (C and d in the
+paper); ``cardinality=1, base_width=64`` is the ResNet baseline. Module names follow torchvision's
+``resnet.py`` so that 2D ImageNet weights load as they are and inflate into 3D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import ChannelSELayer
+from monai.networks.layers import DropPath, get_act_layer, get_norm_layer
+from monai.networks.layers.factories import Conv, Pool, split_args
+from monai.utils import ensure_tuple_rep
+from torch.utils.checkpoint import checkpoint
+
+LayerSpec = str | tuple[str, dict]
+SpatialSize = int | Sequence[int]
+NUM_STAGES = 4
+
+
+def make_norm(norm: LayerSpec, spatial_dims: int, channels: int) -> nn.Module:
+    """A norm layer by MONAI name; ``group`` gets at most 32 groups that divide ``channels``."""
+    name, kwargs = split_args(norm)
+    if name.lower() == "group" and "num_groups" not in kwargs:
+        kwargs = {**kwargs, "num_groups": _largest_divisor_up_to(channels, 32)}
+    return get_norm_layer((name, kwargs), spatial_dims=spatial_dims, channels=channels)
+
+
+def _largest_divisor_up_to(n: int, limit: int) -> int:
+    return max(g for g in range(1, min(n, limit) + 1) if n % g == 0)
+
+
+def _squeeze_excitation(
+    spatial_dims: int, channels: int, reduction: int | None, act: LayerSpec
+) -> nn.Module | None:
+    if not reduction:
+        return None
+    return ChannelSELayer(spatial_dims, channels, r=reduction, acti_type_1=act)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions (ResNet-18/34). It has no grouped convolution, so C=1, d=64 only."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: SpatialSize = 1,
+        downsample: nn.Module | None = None,
+        cardinality: int = 1,
+        base_width: int = 64,
+        spatial_dims: int = 3,
+        norm: LayerSpec = "batch",
+        act: LayerSpec = ("relu", {"inplace": True}),
+        se_reduction: int | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if cardinality != 1 or base_width != 64:
+            raise ValueError(
+                f"BasicBlock has no grouped convolution: it needs cardinality=1 and base_width=64, "
+                f"got {cardinality}x{base_width}d; use block='bottleneck' for ResNeXt"
+            )
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv1 = conv(in_channels, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = make_norm(norm, spatial_dims, planes)
+        self.act1 = get_act_layer(act)
+        self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = make_norm(norm, spatial_dims, planes)
+        self.se = _squeeze_excitation(spatial_dims, planes, se_reduction, act)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.downsample = downsample
+        self.act2 = get_act_layer(act)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        if self.se is not None:
+            x = self.se(x)
+        return self.act2(self.drop_path(x) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce → 3×3 grouped (C groups of width d, carries the stride) → 1×1 expand."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: SpatialSize = 1,
+        downsample: nn.Module | None = None,
+        cardinality: int = 1,
+        base_width: int = 64,
+        spatial_dims: int = 3,
+        norm: LayerSpec = "batch",
+        act: LayerSpec = ("relu", {"inplace": True}),
+        se_reduction: int | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        width = int(planes * base_width / 64) * cardinality
+        out_channels = planes * self.expansion
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv1 = conv(in_channels, width, 1, bias=False)
+        self.bn1 = make_norm(norm, spatial_dims, width)
+        self.act1 = get_act_layer(act)
+        self.conv2 = conv(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False)
+        self.bn2 = make_norm(norm, spatial_dims, width)
+        self.act2 = get_act_layer(act)
+        self.conv3 = conv(width, out_channels, 1, bias=False)
+        self.bn3 = make_norm(norm, spatial_dims, out_channels)
+        self.se = _squeeze_excitation(spatial_dims, out_channels, se_reduction, act)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.downsample = downsample
+        self.act3 = get_act_layer(act)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.bn3(self.conv3(x))
+        if self.se is not None:
+            x = self.se(x)
+        return self.act3(self.drop_path(x) + shortcut)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+}
+
+
+class FeatureInfo:
+    """Channels and strides of the feature maps a ``features_only`` encoder returns (timm-style)."""
+
+    def __init__(self, entries: list[dict]) -> None:
+        self.entries = entries
+
+    def channels(self) -> list[int]:
+        return [e["num_chs"] for e in self.entries]
+
+    def strides(self) -> list[tuple[int, ...]]:
+        """The stride of each feature map along every spatial axis."""
+        return [e["stride"] for e in self.entries]
+
+    def reduction(self) -> list[int | tuple[int, ...]]:
+        """One integer per feature map where strides are isotropic, else the per-axis strides."""
+        return [e["reduction"] for e in self.entries]
+
+    def module_names(self) -> list[str]:
+        return [e["module"] for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"FeatureInfo(channels={self.channels()}, reduction={self.reduction()})"
+
+
+class ResNeXt(nn.Module):
+    """A ResNet/ResNeXt for ``spatial_dims`` 2 or 3.
+
+    Args:
+        layers: blocks per stage; ``(3, 4, 6, 3)`` is the 50-layer template.
+        block: ``"bottleneck"`` (ResNeXt, ResNet-50 and deeper) or ``"basic"`` (ResNet-18/34).
+        cardinality: C, the number of groups of the grouped 3×3 convolution.
+        base_width: d, the width of each group in the first stage (doubles every stage).
+        spatial_dims: 2 for images, 3 for volumes.
+        in_channels: input channels, e.g. 4 for the BraTS MRI modalities.
+        num_classes: classifier outputs; 0 keeps pooled features and no classifier.
+        channels: ``planes`` of each stage; block outputs are ``planes * block.expansion``.
+        stem_type: ``"basic"`` (one k×k convolution) or ``"deep"`` (three 3×3 convolutions).
+        stem_width: channels of the stem's output.
+        stem_kernel_size: kernel of the basic stem's convolution, one value or one per axis.
+        stem_stride: stride of the stem convolution, one value or one per axis; the max-pool
+            after it uses the same stride, so ``(1, 2, 2)`` keeps thick slices for anisotropic MRI.
+        no_max_pool: drop the stem's max-pool (stage 1 then runs at the stem's resolution).
+        strides: stride of each stage, each one value or one per axis.
+        norm: norm layer by MONAI name (``"batch"``, ``"instance"``, ``"group"``, or
+            ``("group", {"num_groups": 16})``), used for every norm layer of the network.
+        act: activation by MONAI name, used for every activation of the network.
+        se_reduction: if set, a squeeze-and-excitation layer with this reduction ratio ends
+            every block (SE-ResNeXt uses 16).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
+        zero_init_last: start every block's last norm at zero scale, so blocks begin as identity.
+        grad_checkpointing: recompute block activations in the backward pass to save memory.
+        features_only: return the feature maps at ``out_indices`` instead of logits.
+        out_indices: which feature maps: 0 is the stem (stride 2), 1–4 the stages (4…32).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        block: Literal["bottleneck", "basic"] = "bottleneck",
+        cardinality: int = 1,
+        base_width: int = 64,
+        spatial_dims: int = 3,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        stem_type: Literal["basic", "deep"] = "basic",
+        stem_width: int = 64,
+        stem_kernel_size: SpatialSize = 7,
+        stem_stride: SpatialSize = 2,
+        no_max_pool: bool = False,
+        strides: Sequence[SpatialSize] = (1, 2, 2, 2),
+        norm: LayerSpec = "batch",
+        act: LayerSpec = ("relu", {"inplace": True}),
+        se_reduction: int | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = True,
+        grad_checkpointing: bool = False,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    ) -> None:
+        super().__init__()
+        _check_arguments(layers, block, cardinality, base_width, spatial_dims, channels, strides)
+        block_cls = BLOCKS[block]
+        self.spatial_dims = spatial_dims
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = grad_checkpointing
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        conv = Conv[Conv.CONV, spatial_dims]
+
+        stem_stride = ensure_tuple_rep(stem_stride, spatial_dims)
+        if stem_type == "deep":
+            half = stem_width // 2
+            self.conv1 = nn.Sequential(
+                conv(in_channels, half, 3, stride=stem_stride, padding=1, bias=False),
+                make_norm(norm, spatial_dims, half),
+                get_act_layer(act),
+                conv(half, half, 3, padding=1, bias=False),
+                make_norm(norm, spatial_dims, half),
+                get_act_layer(act),
+                conv(half, stem_width, 3, padding=1, bias=False),
+            )
+            self.first_conv = "conv1.0"
+        else:
+            kernel = ensure_tuple_rep(stem_kernel_size, spatial_dims)
+            padding = tuple(k // 2 for k in kernel)
+            self.conv1 = conv(in_channels, stem_width, kernel, stem_stride, padding, bias=False)
+            self.first_conv = "conv1"
+        self.bn1 = make_norm(norm, spatial_dims, stem_width)
+        self.relu = get_act_layer(act)
+        self.maxpool = (
+            nn.Identity()
+            if no_max_pool
+            else Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=stem_stride, padding=1)
+        )
+        feature_stride = stem_stride
+        feature_info = [_feature_entry(stem_width, feature_stride, "relu")]
+        if not no_max_pool:
+            feature_stride = _multiply(feature_stride, stem_stride)
+
+        num_blocks = sum(layers)
+        block_drop_rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        stage_in = stem_width
+        for index, (depth, planes, stride) in enumerate(
+            zip(layers, channels, strides, strict=True), start=1
+        ):
+            stride = ensure_tuple_rep(stride, spatial_dims)
+            stage, stage_in = self._make_stage(
+                block_cls,
+                stage_in,
+                planes,
+                depth,
+                stride,
+                block_drop_rates[:depth],
+                cardinality=cardinality,
+                base_width=base_width,
+                spatial_dims=spatial_dims,
+                norm=norm,
+                act=act,
+                se_reduction=se_reduction,
+            )
+            block_drop_rates = block_drop_rates[depth:]
+            self.add_module(f"layer{index}", stage)
+            feature_stride = _multiply(feature_stride, stride)
+            feature_info.append(_feature_entry(stage_in, feature_stride, f"layer{index}"))
+        self.num_features = stage_in
+        self.feature_info = FeatureInfo([feature_info[i] for i in self.out_indices])
+
+        if features_only:
+            self.avgpool = self.fc = None
+        else:
+            self.avgpool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+            self.fc = nn.Linear(stage_in, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_last)
+
+    @staticmethod
+    def _make_stage(
+        block_cls: type[nn.Module],
+        in_channels: int,
+        planes: int,
+        depth: int,
+        stride: tuple[int, ...],
+        drop_rates: list[float],
+        **block_kwargs,
+    ) -> tuple[nn.Sequential, int]:
+        out_channels = planes * block_cls.expansion
+        downsample = None
+        if any(s != 1 for s in stride) or in_channels != out_channels:
+            spatial_dims = block_kwargs["spatial_dims"]
+            downsample = nn.Sequential(
+                Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 1, stride, bias=False),
+                make_norm(block_kwargs["norm"], spatial_dims, out_channels),
+            )
+        blocks = [
+            block_cls(
+                in_channels if i == 0 else out_channels,
+                planes,
+                stride=stride if i == 0 else 1,
+                downsample=downsample if i == 0 else None,
+                drop_path=drop_rates[i],
+                **block_kwargs,
+            )
+            for i in range(depth)
+        ]
+        return nn.Sequential(*blocks), out_channels
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif (
+                isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm)
+                and module.weight is not None
+            ):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_last:
+            for module in self.modules():
+                if (
+                    isinstance(module, BasicBlock | Bottleneck)
+                    and module.last_norm.weight is not None
+                ):
+                    nn.init.zeros_(module.last_norm.weight)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module | None:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one (0: no classifier)."""
+        if self.features_only:
+            raise RuntimeError("a features_only encoder has no classifier to reset")
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return stage(x)
+
+    def _stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (stride 32 with the default strides)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self._stages():
+            x = self._run_stage(stage, x)
+        return x
+
+    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps at ``out_indices``, shallowest first."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        maps = [x]
+        x = self.maxpool(x)
+        for stage in self._stages()[: max(self.out_indices)]:
+            x = self._run_stage(stage, x)
+            maps.append(x)
+        return [maps[i] for i in self.out_indices]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        if self.drop_rate > 0:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return self.forward_feature_maps(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def _multiply(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    return tuple(x * y for x, y in zip(a, b, strict=True))
+
+
+def _feature_entry(channels: int, stride: tuple[int, ...], module: str) -> dict:
+    reduction = stride[0] if len(set(stride)) == 1 else stride
+    return {"num_chs": channels, "stride": stride, "reduction": reduction, "module": module}
+
+
+def _check_arguments(
+    layers: Sequence[int],
+    block: str,
+    cardinality: int,
+    base_width: int,
+    spatial_dims: int,
+    channels: Sequence[int],
+    strides: Sequence[SpatialSize],
+) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}")
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
+    if cardinality < 1 or base_width < 1:
+        raise ValueError(
+            f"cardinality (C) and base_width (d) must be positive, got C={cardinality}, "
+            f"d={base_width}"
+        )
+    for name, values in (("layers", layers), ("channels", channels), ("strides", strides)):
+        if len(values) != NUM_STAGES:
+            raise ValueError(f"{name} needs one entry per stage ({NUM_STAGES}), got {values!r}")
+    if block == "bottleneck" and any(planes * base_width < 64 for planes in channels):
+        raise ValueError(
+            f"base_width d={base_width} leaves stage widths {list(channels)} with groups of "
+            f"no channels: each group's width is planes * d / 64"
+        )
