@@ -1,7 +1,14 @@
 """resnext3d: 3D ResNeXt encoders, BraTS data and Lightning tasks for volumetric imaging."""
 
-from resnext3d.models import ResNeXt, create_model, list_models, load_pretrained
+from resnext3d.models import ResNeXt, ResNeXtUNet, create_model, list_models, load_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["ResNeXt", "__version__", "create_model", "list_models", "load_pretrained"]
+__all__ = [
+    "ResNeXt",
+    "ResNeXtUNet",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+]

@@ -3,13 +3,100 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+import warnings
+from pathlib import Path
 
 import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from resnext3d.callbacks import ClassPredictionWriter
+from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
 from resnext3d.models.complexity import complexity_table
 from resnext3d.models.registry import PRESETS
+
+# Set by the launching process so that the DDP workers it starts, which re-run this command with
+# LOCAL_RANK set, write into its run directory.
+RUN_VERSION_VARIABLE = "RESNEXT3D_RUN_VERSION"
+
+
+class ResNeXtCLI(LightningCLI):
+    """Lightning's CLI with the data-to-model links and one directory per run.
+
+    A run's config, checkpoints, metrics CSV, TensorBoard events, split and predictions all land
+    in ``<save_dir>/<name>/<version>`` of its first logger, the version being the start time.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ClassPredictionWriter, "prediction_writer")
+        for source, target in (
+            ("data.num_classes", "model.init_args.num_classes"),
+            ("data.class_names", "model.init_args.class_names"),
+            ("data.in_channels", "model.init_args.encoder.init_args.in_channels"),
+        ):
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        version = _run_version()
+        loggers = config.trainer.logger
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        loggers = [lg for lg in loggers if hasattr(lg, "init_args")]
+        for logger in loggers:
+            if getattr(logger.init_args, "version", None) is None:
+                logger.init_args.version = version
+            if logger.class_path.endswith("WandbLogger"):
+                _keep_wandb_offline_without_key(logger)
+        if config.trainer.default_root_dir is None:
+            first = loggers[0].init_args if loggers else None
+            base = Path(first.save_dir) / first.name if first else Path("runs")
+            config.trainer.default_root_dir = str(base / str(first.version if first else version))
+
+
+def _run_version() -> str:
+    """The start time, shared with the DDP workers that Lightning launches from this process."""
+    is_launched_worker = "LOCAL_RANK" in os.environ and RUN_VERSION_VARIABLE in os.environ
+    if not is_launched_worker:
+        os.environ[RUN_VERSION_VARIABLE] = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    return os.environ[RUN_VERSION_VARIABLE]
+
+
+def _keep_wandb_offline_without_key(logger) -> None:
+    """wandb prompts for a key when it has none; a training job must never wait on that."""
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _netrc()
+    if not has_key and os.environ.get("WANDB_MODE") != "disabled":
+        logger.init_args.offline = True
+        os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _netrc() -> str:
+    path = Path.home() / ".netrc"
+    return path.read_text() if path.is_file() else ""
+
+
+def lightning_main(argv: list[str] | None) -> None:
+    """Lightning's subcommands; ``argv`` None reads the command line."""
+    # Lightning 2.6 under torch 2.13 warns on every fit about torch internals it calls, and its
+    # CLI about jsonargparse APIs it uses: neither is the user's to act on.
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module=r"(lightning|pytorch_lightning)"
+    )
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # Every run has a new directory, which the loggers share: one finding the other's files there
+    # is expected, not a previous run about to be overwritten.
+    warnings.filterwarnings(
+        "ignore", message=r"Experiment logs directory .* exists and is not empty"
+    )
+    ResNeXtCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        auto_configure_optimizers=False,
+    )
 
 
 def models_command(argv: list[str]) -> None:
@@ -69,7 +156,14 @@ def complexity_command(argv: list[str]) -> None:
             )
 
 
-TOOLS = {"models": models_command, "complexity": complexity_command}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def phantom_command(argv: list[str]) -> None:
+    sys.exit(phantom_main(argv))
+
+
+TOOLS = {"models": models_command, "complexity": complexity_command, "phantom": phantom_command}
 USAGE = """usage: resnext3d COMMAND [options]
 
 training (Lightning CLI; `resnext3d fit --help` for every option):
@@ -77,16 +171,20 @@ training (Lightning CLI; `resnext3d fit --help` for every option):
 tools:
   models       every preset with parameters and GMACs at an input size
   complexity   the paper's Table 2 for a conv2 block, in 2D and 3D
+  phantom      write a synthetic BraTS-format dataset: resnext3d phantom OUT --cases N --seed S
 """
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return
-    if argv[0] in TOOLS:
-        TOOLS[argv[0]](argv[1:])
+    if args[0] in TOOLS:
+        TOOLS[args[0]](args[1:])
         return
-    print(f"resnext3d: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+    if args[0] in LIGHTNING_COMMANDS:
+        lightning_main(argv)
+        return
+    print(f"resnext3d: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
     sys.exit(2)

@@ -1,6 +1,9 @@
 """The ResNet/ResNeXt encoder family for 2D and 3D inputs."""
 
+# Importing flexible_unet registers the presets as MONAI FlexibleUNet backbones.
+from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
+from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.registry import PRESETS, create_model, list_models
 from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt
 from resnext3d.models.weights import inflate_kernel, load_pretrained, read_state_dict
@@ -11,6 +14,7 @@ __all__ = [
     "Bottleneck",
     "FeatureInfo",
     "ResNeXt",
+    "ResNeXtUNet",
     "count_macs",
     "count_parameters",
     "create_model",

@@ -1,0 +1,70 @@
+"""BraTS data: layouts, labels, validation, splits, transforms, a phantom and the data module."""
+
+from resnext3d.data.classification import BratsClassificationData
+from resnext3d.data.errors import DataError
+from resnext3d.data.labels import (
+    GRADE_CLASSES,
+    CaseLabels,
+    assign_labels,
+    find_labels,
+    grade_folder_labels,
+    read_label_csv,
+)
+from resnext3d.data.layouts import MODALITIES, BratsCase, Release, discover_cases
+from resnext3d.data.phantom import (
+    add_phantom_arguments,
+    ensure_phantom,
+    generate_phantom,
+    phantom_main,
+    run_phantom,
+)
+from resnext3d.data.regions import (
+    REGIONS,
+    ConvertBratsRegionsToLabelsd,
+    ConvertToBratsRegionsd,
+    labels_to_regions,
+    regions_to_labels,
+)
+from resnext3d.data.splits import Split, holdout_split, kfold_split, load_split, save_split
+from resnext3d.data.transforms import (
+    LoadModalitiesd,
+    deterministic_transforms,
+    random_transforms,
+    training_transforms,
+)
+from resnext3d.data.validation import validate_cases
+
+__all__ = [
+    "GRADE_CLASSES",
+    "MODALITIES",
+    "REGIONS",
+    "ConvertBratsRegionsToLabelsd",
+    "ConvertToBratsRegionsd",
+    "BratsCase",
+    "BratsClassificationData",
+    "CaseLabels",
+    "DataError",
+    "LoadModalitiesd",
+    "Release",
+    "Split",
+    "add_phantom_arguments",
+    "assign_labels",
+    "deterministic_transforms",
+    "discover_cases",
+    "ensure_phantom",
+    "find_labels",
+    "generate_phantom",
+    "grade_folder_labels",
+    "holdout_split",
+    "kfold_split",
+    "labels_to_regions",
+    "load_split",
+    "phantom_main",
+    "random_transforms",
+    "read_label_csv",
+    "regions_to_labels",
+    "run_phantom",
+    "save_split",
+    "training_transforms",
+    "validate_cases",
+]

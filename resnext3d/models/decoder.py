@@ -1,0 +1,251 @@
+"""A UNet whose encoder is a ResNeXt: one decoder stage per encoder feature map, plus one to the
+input's full resolution.
+
+The encoder's feature maps (stem at stride 2, stages at 4…32 by default) are the skip
+connections. Each decoder stage upsamples by exactly the per-axis stride ratio between two
+successive feature maps, so anisotropic encoders (e.g. ``stem_stride=(1, 2, 2)``) decode to the
+right shape. The stem is at stride 2, so a last stage upsamples to full resolution, with a skip
+from a light convolution on the raw input.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import UpSample
+from monai.networks.layers import get_act_layer
+from monai.networks.layers.factories import Conv
+
+from resnext3d.models.registry import create_model
+from resnext3d.models.resnext import LayerSpec, ResNeXt, make_norm
+
+
+def conv_norm_act(
+    spatial_dims: int, in_channels: int, out_channels: int, norm: LayerSpec, act: LayerSpec
+) -> nn.Sequential:
+    """3×3 convolution, norm and activation; no conv bias, which the norm would subtract."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 3, padding=1, bias=False),
+            norm=make_norm(norm, spatial_dims, out_channels),
+            act=get_act_layer(act),
+        )
+    )
+
+
+class DecoderStage(nn.Module):
+    """Upsample by ``scale`` (one factor per axis), concatenate the skip, two conv-norm-acts."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        scale: Sequence[int],
+        norm: LayerSpec,
+        act: LayerSpec,
+        upsample: str,
+    ) -> None:
+        super().__init__()
+        # The upsampling also reduces the channels (transposed convolution, or a 1×1 convolution
+        # before interpolating), so the convolutions after it run on the narrow width.
+        self.upsample = UpSample(
+            spatial_dims, in_channels, out_channels, scale_factor=tuple(scale), mode=upsample
+        )
+        self.convs = nn.Sequential(
+            conv_norm_act(spatial_dims, out_channels + skip_channels, out_channels, norm, act),
+            conv_norm_act(spatial_dims, out_channels, out_channels, norm, act),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = self.upsample(x)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.convs(x)
+
+
+class ResNeXtUNet(nn.Module):
+    """A UNet with a ResNeXt encoder, returning logits at the input's full resolution.
+
+    Args:
+        encoder: a preset name for :func:`resnext3d.create_model`, or a ``features_only``
+            :class:`ResNeXt` (its ``in_channels`` and ``spatial_dims`` must match these).
+        in_channels: input channels, e.g. 4 for the BraTS MRI modalities.
+        out_channels: output channels (logits), e.g. 3 for the TC, WT, ET regions.
+        spatial_dims: 2 for images, 3 for volumes.
+        encoder_kwargs: overrides for the preset when ``encoder`` is a name, e.g.
+            ``{"norm": "instance", "stem_stride": (1, 2, 2)}``.
+        decoder_channels: output channels of each decoder stage, deepest first; one per encoder
+            feature map (5 with the default ``out_indices``), the last at full resolution.
+        norm: norm layer of every decoder convolution, by MONAI name (``"instance"``,
+            ``"batch"``, ``"group"``…); the encoder's is set through ``encoder_kwargs``.
+        act: activation of every decoder convolution, by MONAI name.
+        upsample: MONAI ``UpSample`` mode: ``"deconv"`` (transposed convolution),
+            ``"nontrainable"`` (1×1 convolution, then linear interpolation) or ``"pixelshuffle"``
+            (isotropic strides only).
+        input_skip: concatenate a conv-norm-act of the raw input in the full-resolution stage.
+        deep_supervision: in training mode, also return logits from intermediate decoder stages.
+        deep_supervision_heads: how many decoder stages before the last get a logit head,
+            from the highest resolution down: 1 is the stage at the stem's stride (2), 2 adds
+            the one at stride 4, and so on.
+
+    Output:
+        ``(B, out_channels, *spatial)`` logits of the input's spatial size. With
+        ``deep_supervision`` in training mode, as MONAI's ``DynUNet`` does, one tensor
+        ``(B, 1 + deep_supervision_heads, out_channels, *spatial)``: index 0 along dim 1 is the
+        final output, then each head's logits, from high to low resolution, each linearly
+        interpolated to the input's size (``torch.unbind(output, dim=1)`` gives the list). In eval
+        mode the output is always the final logits alone, ready for ``sliding_window_inference``.
+
+    Input sizes must be multiples of the encoder's total stride along each axis (32 with the
+    default strides); any other size raises a ValueError naming the axis and the multiple, rather
+    than returning a mask of another size. Pad with ``monai.transforms.DivisiblePad`` where needed.
+
+    ``self.encoder`` is the ResNeXt, for loading pretrained weights into it (see
+    :func:`resnext3d.load_pretrained`).
+    """
+
+    def __init__(
+        self,
+        encoder: str | ResNeXt = "resnext50_32x4d",
+        in_channels: int = 4,
+        out_channels: int = 3,
+        spatial_dims: int = 3,
+        encoder_kwargs: dict | None = None,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        norm: LayerSpec = "instance",
+        act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        upsample: str = "deconv",
+        input_skip: bool = True,
+        deep_supervision: bool = False,
+        deep_supervision_heads: int = 2,
+    ) -> None:
+        super().__init__()
+        self.encoder = _build_encoder(encoder, in_channels, spatial_dims, encoder_kwargs)
+        feature_channels = self.encoder.feature_info.channels()
+        feature_strides = self.encoder.feature_info.strides()
+        num_stages = len(feature_channels)
+        if len(decoder_channels) != num_stages:
+            raise ValueError(
+                f"decoder_channels needs one entry per encoder feature map ({num_stages}, "
+                f"deepest first), got {tuple(decoder_channels)}"
+            )
+        if deep_supervision and not 1 <= deep_supervision_heads < num_stages:
+            raise ValueError(
+                f"deep_supervision_heads must be between 1 and {num_stages - 1} (the decoder "
+                f"stages before the last), got {deep_supervision_heads}"
+            )
+        self.spatial_dims = spatial_dims
+        self.total_stride = feature_strides[-1]
+        self.deep_supervision = deep_supervision
+
+        input_skip_channels = decoder_channels[-1] if input_skip else 0
+        self.input_skip = (
+            conv_norm_act(spatial_dims, in_channels, input_skip_channels, norm, act)
+            if input_skip
+            else None
+        )
+        # The raw input is the skip of the last stage: stride 1 along every axis.
+        skip_channels = [input_skip_channels, *feature_channels[:-1]]
+        skip_strides = [(1,) * spatial_dims, *feature_strides[:-1]]
+        stage_inputs = [feature_channels[-1], *decoder_channels[:-1]]
+        self.stages = nn.ModuleList(
+            DecoderStage(
+                spatial_dims,
+                in_width,
+                skip_width,
+                out_width,
+                scale=_stride_ratio(deeper_stride, skip_stride),
+                norm=norm,
+                act=act,
+                upsample=upsample,
+            )
+            for in_width, skip_width, out_width, deeper_stride, skip_stride in zip(
+                stage_inputs,
+                reversed(skip_channels),
+                decoder_channels,
+                reversed(feature_strides),
+                reversed(skip_strides),
+                strict=True,
+            )
+        )
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.head = conv(decoder_channels[-1], out_channels, 1)
+        # Heads on the stages just before the last, highest resolution first.
+        num_heads = deep_supervision_heads if deep_supervision else 0
+        self.supervision_heads = nn.ModuleList(
+            conv(decoder_channels[-2 - i], out_channels, 1) for i in range(num_heads)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_divisible(x.shape[2:], self.total_stride)
+        features = self.encoder(x)
+        skips = [self.input_skip(x) if self.input_skip is not None else None, *features[:-1]]
+        y = features[-1]
+        stage_outputs = []
+        for stage, skip in zip(self.stages, reversed(skips), strict=True):
+            y = stage(y, skip)
+            stage_outputs.append(y)
+        logits = self.head(y)
+        if not (self.training and self.deep_supervision):
+            return logits
+        # The stages before the last, highest resolution first.
+        intermediate = stage_outputs[-2::-1][: len(self.supervision_heads)]
+        supervised = [
+            F.interpolate(head(output), size=logits.shape[2:], mode=_linear_mode(self.spatial_dims))
+            for head, output in zip(self.supervision_heads, intermediate, strict=True)
+        ]
+        return torch.stack([logits, *supervised], dim=1)
+
+
+def check_divisible(spatial_shape: Sequence[int], total_stride: Sequence[int]) -> None:
+    """Raise a ValueError unless every axis of ``spatial_shape`` is a multiple of its stride.
+
+    Strided convolutions round up, so a size the encoder's stride does not divide would decode
+    to a larger output than the input, and the skips would not line up.
+    """
+    for axis, (size, multiple) in enumerate(zip(spatial_shape, total_stride, strict=True)):
+        if size % multiple:
+            raise ValueError(
+                f"input size {size} along spatial axis {axis} (of spatial shape "
+                f"{tuple(spatial_shape)}) is not a multiple of {multiple}, the encoder's total "
+                f"stride along that axis; pad the input to multiples of {tuple(total_stride)}, "
+                f"e.g. with monai.transforms.DivisiblePad(k={tuple(total_stride)})"
+            )
+
+
+def _build_encoder(
+    encoder: str | ResNeXt, in_channels: int, spatial_dims: int, encoder_kwargs: dict | None
+) -> ResNeXt:
+    if isinstance(encoder, str):
+        return create_model(
+            encoder,
+            in_channels=in_channels,
+            spatial_dims=spatial_dims,
+            features_only=True,
+            **(encoder_kwargs or {}),
+        )
+    if encoder_kwargs:
+        raise ValueError("encoder_kwargs apply to a preset name, not to an encoder instance")
+    if not encoder.features_only:
+        raise ValueError("the encoder must be built with features_only=True")
+    encoder_in_channels = encoder.get_submodule(encoder.first_conv).in_channels
+    if (encoder.spatial_dims, encoder_in_channels) != (spatial_dims, in_channels):
+        raise ValueError(
+            f"the encoder takes {encoder_in_channels} channels in {encoder.spatial_dims}D, but "
+            f"the UNet was given in_channels={in_channels}, spatial_dims={spatial_dims}"
+        )
+    return encoder
+
+
+def _stride_ratio(deeper: Sequence[int], shallower: Sequence[int]) -> tuple[int, ...]:
+    return tuple(d // s for d, s in zip(deeper, shallower, strict=True))
+
+
+def _linear_mode(spatial_dims: int) -> str:
+    return {2: "bilinear", 3: "trilinear"}[spatial_dims]

@@ -1,0 +1,5 @@
+"""Lightning tasks that hold a network and its metrics; data handling lives in resnext3d.data."""
+
+from resnext3d.tasks.classification import VolumeClassifier
+
+__all__ = ["VolumeClassifier"]

@@ -1,0 +1,9 @@
+import pytest
+
+from resnext3d.data import generate_phantom
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory):
+    """Eight small BraTS-2021-layout cases (four per grade), shared by the end-to-end tests."""
+    return generate_phantom(tmp_path_factory.mktemp("phantom"), cases=8, shape=(32, 32, 24))

@@ -1,0 +1,128 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import resnext3d
+from resnext3d.cli import main
+from resnext3d.tasks import VolumeClassifier
+
+TINY_ENCODER = {
+    "class_path": "resnext3d.ResNeXt",
+    "init_args": {
+        "layers": [1, 1, 1, 1],
+        "cardinality": 8,
+        "base_width": 8,
+        "channels": [32, 64, 128, 256],
+        "stem_width": 32,
+    },
+}
+
+
+@pytest.fixture
+def toy_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["resnext3d"])
+    config = {
+        "trainer": {
+            "max_epochs": 2,
+            "enable_progress_bar": False,
+            "logger": [
+                {
+                    "class_path": f"lightning.pytorch.loggers.{name}",
+                    "init_args": {"save_dir": "runs", "name": "toy"},
+                }
+                for name in ("TensorBoardLogger", "CSVLogger")
+            ],
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val/auroc", "mode": "max", "save_last": True},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "resnext3d.tasks.VolumeClassifier",
+            "init_args": {"encoder": TINY_ENCODER},
+        },
+        "data": {"class_path": "toy_data.ToyVolumes"},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_dirs(root: Path = Path("runs/toy")) -> list[Path]:
+    return sorted(root.iterdir())
+
+
+def test_fit_writes_config_checkpoints_and_metrics_in_one_run_directory(toy_config):
+    main(["fit", "--config", str(toy_config)])
+    main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "1"])
+    first, second = run_dirs()  # a second run gets its own directory, nothing is overwritten
+    assert (first / "config.yaml").is_file() and (second / "config.yaml").is_file()
+    assert (first / "checkpoints" / "last.ckpt").is_file()
+    assert list(first.glob("events.out.tfevents.*"))
+    with (first / "metrics.csv").open() as handle:
+        columns = set(next(csv.reader(handle)))
+    for stage in ("train", "val"):
+        for metric in ("loss", "acc", "balanced_acc", "auroc", "f1"):
+            assert f"{stage}/{metric}" in columns
+
+
+def test_data_values_are_linked_into_the_model_and_overrides_apply(toy_config):
+    main(
+        [
+            "fit",
+            "--config",
+            str(toy_config),
+            "--trainer.max_epochs",
+            "1",
+            "--model.encoder.init_args.cardinality",
+            "4",
+        ]
+    )
+    (run,) = run_dirs()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (
+        checkpoint["state_dict"]["encoder.conv1.weight"].shape[1] == 4
+    )  # in_channels from the data
+    assert checkpoint["state_dict"]["head.1.weight"].shape[0] == 2
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["init_args"]["encoder"]["init_args"]["cardinality"] == 4
+
+
+def test_predict_writes_one_row_of_probabilities_per_case(toy_config):
+    main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "1"])
+    checkpoint = run_dirs()[0] / "checkpoints" / "last.ckpt"
+    main(["predict", "--config", str(toy_config), "--ckpt_path", str(checkpoint)])
+    with (run_dirs()[-1] / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case_id"] for row in rows] == [f"case{i:02d}" for i in range(8)]
+    for row in rows:
+        probabilities = [float(row["p_LGG"]), float(row["p_HGG"])]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert row["predicted"] == ("HGG" if probabilities[1] > probabilities[0] else "LGG")
+
+
+def test_class_weights_must_match_the_classes():
+    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4)
+    with pytest.raises(ValueError, match="3 entries for 2 classes"):
+        VolumeClassifier(encoder, num_classes=2, class_weights=[1.0, 2.0, 3.0])
+
+
+def test_make_train_names_the_experiments_for_an_unknown_one():
+    root = Path(__file__).parents[1]
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(root), "train", "EXP=no_such_experiment"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "unknown experiment 'no_such_experiment'" in result.stderr
+    for config in (root / "experiments").glob("*.yaml"):
+        assert config.stem in result.stderr

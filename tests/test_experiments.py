@@ -1,0 +1,83 @@
+"""Every experiment config runs through the CLI, as `make train` runs it, on a tiny phantom."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnext3d.cli import _keep_wandb_offline_without_key, main
+
+EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+
+
+def small_data(phantom) -> list[str]:
+    return [
+        "--data.init_args.data_dir", str(phantom),
+        "--data.init_args.roi_size", "[32, 32, 32]",
+        "--data.init_args.batch_size", "2",
+        "--data.init_args.num_workers", "0",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["resnext3d"])
+    return tmp_path
+
+
+def test_there_are_experiments():
+    assert "brats_cls" in [config.stem for config in EXPERIMENTS]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
+def test_experiment_runs_with_fast_dev_run_through_the_cli(config, tiny_phantom, in_tmp_dir):
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "true",
+            *small_data(tiny_phantom),
+        ]
+    )
+    (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
+    assert not (run / "config.yaml").exists()  # fast_dev_run logs and saves nothing
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
+def test_experiment_one_step_epoch_writes_its_run_directory(config, tiny_phantom, in_tmp_dir):
+    one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    main(["fit", "--config", str(config), *one_step, *small_data(tiny_phantom)])
+    (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
+    for written in ("config.yaml", "split.json", "metrics.csv", "checkpoints/last.ckpt"):
+        assert (run / written).exists(), written
+
+
+def test_predict_writes_a_row_per_case_of_the_phantom(tiny_phantom, in_tmp_dir):
+    config = Path(__file__).parents[1] / "experiments" / "brats_cls.yaml"
+    main(["predict", "--config", str(config), *small_data(tiny_phantom)])
+    (run,) = (in_tmp_dir / "runs" / "brats_cls").iterdir()
+    with (run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case_id"] for row in rows] == [f"BraTS2021_{i:05d}" for i in range(8)]
+    assert set(rows[0]) == {"case_id", "p_LGG", "p_HGG", "predicted"}
+
+
+def test_wandb_goes_offline_without_an_api_key(monkeypatch, tmp_path):
+    class Logger:
+        class init_args:  # noqa: N801 - the shape of a jsonargparse namespace
+            offline = False
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    _keep_wandb_offline_without_key(Logger)
+    assert Logger.init_args.offline is True
+
+    Logger.init_args.offline = False
+    monkeypatch.setenv("WANDB_API_KEY", "key")
+    _keep_wandb_offline_without_key(Logger)
+    assert Logger.init_args.offline is False

@@ -1,0 +1,32 @@
+"""A tiny in-memory data module with the interface of the BraTS ones, for testing tasks and the
+CLI apart from file reading: two classes that differ in mean intensity."""
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+
+class ToyVolumes(L.LightningDataModule):
+    def __init__(self, size: int = 32, cases: int = 8, batch_size: int = 2) -> None:
+        super().__init__()
+        self.size, self.cases, self.batch_size = size, cases, batch_size
+        self.num_classes, self.in_channels, self.class_names = 2, 4, ["LGG", "HGG"]
+
+    def _items(self) -> list[dict]:
+        generator = torch.Generator().manual_seed(0)
+        return [
+            {
+                "image": torch.randn(4, *(3 * [self.size]), generator=generator) + i % 2,
+                "label": i % 2,
+                "case_id": f"case{i:02d}",
+            }
+            for i in range(self.cases)
+        ]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._items(), batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._items(), batch_size=self.batch_size)
+
+    test_dataloader = predict_dataloader = val_dataloader
