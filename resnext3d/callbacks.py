@@ -1,35 +1,48 @@
-"""Callbacks the CLI adds to every run."""
+"""Callbacks that the tasks attach to their runs (``configure_callbacks``): what they write into
+the run directory besides checkpoints and metrics."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import nibabel as nib
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from monai.data import decollate_batch
+from monai.transforms import Invertd
+
+from resnext3d.data.regions import regions_to_labels
+from resnext3d.visualize import segmentation_figure
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """Where the run's files go: the loggers' directory, or the root one where logging is off
+    (``fast_dev_run``)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class ClassPredictionWriter(BasePredictionWriter):
     """Writes ``predictions.csv`` (case id, one probability per class, predicted class) into the
-    run directory at the end of ``predict``. Tasks whose predictions are not class
-    probabilities write their own outputs and are skipped."""
+    run directory at the end of ``predict``."""
 
     def __init__(self, filename: str = "predictions.csv") -> None:
         super().__init__(write_interval="epoch")
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        batches = [b for b in predictions if isinstance(b, dict) and "probabilities" in b]
-        if not batches:
-            return
+        batches = predictions
         case_ids = [case for batch in batches for case in batch["case_id"]]
         probabilities = torch.cat([batch["probabilities"] for batch in batches])
         case_ids, probabilities = _gather(trainer, case_ids, probabilities)
         if not trainer.is_global_zero:
             return
         names = pl_module.class_names
-        path = Path(trainer.log_dir) / self.filename
+        path = run_dir(trainer) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -50,3 +63,68 @@ def _gather(
     for ids, probs in gathered:
         unique.update(zip(ids, probs, strict=True))
     return list(unique), torch.stack(list(unique.values()))
+
+
+class SegmentationWriter(BasePredictionWriter):
+    """Writes each predicted case as ``predictions/<case_id>_seg.nii.gz`` in the run directory: a
+    label map in the case's own release's label values, on the grid and with the affine of its
+    input files, so that it overlays them in any viewer.
+
+    The region probabilities are mapped back through the inverse of the data module's
+    ``predict_transforms`` (resampling included) before thresholding.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__(write_interval="batch")
+        self.threshold = threshold
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
+        invert = Invertd("prediction", trainer.datamodule.predict_transforms, orig_keys="image")
+        out_dir = run_dir(trainer) / "predictions"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in decollate_batch({**batch, "prediction": prediction.detach().cpu()}):
+            inverted = invert(item)["prediction"]
+            labels = regions_to_labels(inverted, item["release"], self.threshold)
+            image = nib.Nifti1Image(labels[0].numpy().astype(np.uint8), inverted.affine.numpy())
+            nib.save(image, out_dir / f"{item['case_id']}_seg.nii.gz")
+
+
+class SegmentationFigures(Callback):
+    """After each validation epoch, draws the first validation case's image (first channel),
+    ground truth and prediction in three slices through the tumour; saves it as
+    ``figures/val_epoch<N>.png`` in the run directory and logs it to TensorBoard and wandb."""
+
+    def __init__(self, region_names: Sequence[str]) -> None:
+        self.region_names = list(region_names)
+        self._sample: dict | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if batch_idx == 0 and trainer.is_global_zero:
+            self._sample = {
+                "case_id": batch["case_id"][0],
+                **{key: outputs[key][0].detach().float().cpu() for key in outputs},
+            }
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._sample is None:
+            return
+        sample, self._sample = self._sample, None
+        figure = segmentation_figure(
+            sample["image"][0],
+            sample["label"],
+            sample["prediction"],
+            self.region_names,
+            title=f"{sample['case_id']}, epoch {trainer.current_epoch}",
+        )
+        path = run_dir(trainer) / "figures" / f"val_epoch{trainer.current_epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=80)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("val/slices", figure, trainer.global_step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_image("val/slices", [str(path)], step=trainer.global_step)

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from resnext3d.callbacks import ClassPredictionWriter
 from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
 from resnext3d.models.complexity import complexity_table
@@ -31,7 +30,6 @@ class ResNeXtCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ClassPredictionWriter, "prediction_writer")
         for source, target in (
             ("data.num_classes", "model.init_args.num_classes"),
             ("data.class_names", "model.init_args.class_names"),

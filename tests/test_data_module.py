@@ -8,7 +8,7 @@ import torch
 from lightning import Trainer
 
 from resnext3d.data import BratsClassificationData, DataError, generate_phantom
-from resnext3d.data.classification import PHANTOM_DIR
+from resnext3d.data.datamodule import PHANTOM_DIR
 
 CASES = 8
 

@@ -1,6 +1,7 @@
 """BraTS data: layouts, labels, validation, splits, transforms, a phantom and the data module."""
 
 from resnext3d.data.classification import BratsClassificationData
+from resnext3d.data.datamodule import BratsDataModule
 from resnext3d.data.errors import DataError
 from resnext3d.data.labels import (
     GRADE_CLASSES,
@@ -25,6 +26,7 @@ from resnext3d.data.regions import (
     labels_to_regions,
     regions_to_labels,
 )
+from resnext3d.data.segmentation import BratsSegmentationData
 from resnext3d.data.splits import Split, holdout_split, kfold_split, load_split, save_split
 from resnext3d.data.transforms import (
     LoadModalitiesd,
@@ -42,6 +44,8 @@ __all__ = [
     "ConvertToBratsRegionsd",
     "BratsCase",
     "BratsClassificationData",
+    "BratsDataModule",
+    "BratsSegmentationData",
     "CaseLabels",
     "DataError",
     "LoadModalitiesd",

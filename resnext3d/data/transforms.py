@@ -1,8 +1,9 @@
-"""MONAI dictionary transforms that turn a case's files into a classifier's input.
+"""MONAI dictionary transforms that turn a case's files into a network's input.
 
-An item is ``{"image": path or paths, "label": class index, "case_id": str}``. The deterministic
-transforms (load, reorient, resample, crop, normalise, resize) are cached by the datasets; the
-random ones (augmentation) run after the cache, on every draw.
+A classification item is ``{"image": path or paths, "label": class index, "case_id": str}``; a
+segmentation item has the label map's path as ``"label"``. The deterministic transforms (load,
+reorient, resample, crop, normalise, and resize for classification) are cached by the datasets;
+the random ones (crops, augmentation) run after the cache, on every draw.
 """
 
 from __future__ import annotations
@@ -23,20 +24,27 @@ from monai.transforms import (
     NormalizeIntensityd,
     Orientationd,
     RandAffined,
+    RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
     Resized,
     Spacingd,
+    SpatialPadd,
 )
 from monai.utils import ensure_tuple
 
 from resnext3d.data.errors import DataError
+from resnext3d.data.layouts import Release
+from resnext3d.data.regions import ConvertToBratsRegionsd
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 CASE_ID_KEY = "case_id"
+RELEASE_KEY = "release"
+# nibabel's RAS+ axes, explicitly: MONAI warns that Orientation's default labels will change.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class LoadModalitiesd(MapTransform):
@@ -74,8 +82,7 @@ def deterministic_transforms(
     return Compose(
         [
             LoadModalitiesd(IMAGE_KEY),
-            # Explicit labels: nibabel's RAS+ axes (MONAI warns that their default will change).
-            Orientationd(IMAGE_KEY, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Orientationd(IMAGE_KEY, axcodes="RAS", labels=RAS_LABELS),
             Spacingd(IMAGE_KEY, pixdim=spacing, mode="bilinear", dtype=np.float32),
             # Skull-stripped BraTS images are exactly 0 outside the head.
             CropForegroundd(IMAGE_KEY, source_key=IMAGE_KEY),
@@ -90,24 +97,24 @@ def deterministic_transforms(
     )
 
 
-def random_transforms() -> Compose:
-    """Training augmentation: flips on every axis, a small rotation and scaling, and intensity
-    scale, shift and noise drawn per modality."""
+def random_transforms(spatial_keys: Sequence[str] = (IMAGE_KEY,)) -> Compose:
+    """Training augmentation: flips on every axis and a small rotation and scaling of
+    `spatial_keys`, and intensity scale, shift and noise drawn per modality."""
     return Compose(
         [
-            *(RandFlipd(IMAGE_KEY, prob=0.5, spatial_axis=axis) for axis in range(3)),
+            *(RandFlipd(spatial_keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
             RandAffined(
-                IMAGE_KEY,
+                spatial_keys,
                 prob=0.5,
                 rotate_range=(np.pi / 12,) * 3,
                 scale_range=(0.1,) * 3,
-                mode="bilinear",
+                mode=["bilinear" if key == IMAGE_KEY else "nearest" for key in spatial_keys],
                 padding_mode="zeros",
             ),
             RandScaleIntensityd(IMAGE_KEY, factors=0.1, prob=0.5, channel_wise=True),
             RandShiftIntensityd(IMAGE_KEY, offsets=0.1, prob=0.5, channel_wise=True),
             RandGaussianNoised(IMAGE_KEY, prob=0.2, std=0.05),
-            EnsureTyped(IMAGE_KEY, dtype=torch.float32, track_meta=False),
+            EnsureTyped(spatial_keys, dtype=torch.float32, track_meta=False),
         ]
     )
 
@@ -118,6 +125,45 @@ def training_transforms(
     """The deterministic then the random transforms, flattened into one Compose: MONAI's cached
     datasets cache up to the first random transform, and a nested Compose counts as random."""
     return Compose([deterministic_transforms(roi_size, spacing), random_transforms()]).flatten()
+
+
+def segmentation_transforms(
+    stage: str,
+    release: Release,
+    roi_size: Sequence[int],
+    spacing: Sequence[float] = (2.0, 2.0, 2.0),
+    samples_per_case: int = 2,
+) -> Compose:
+    """Load, reorient to RAS, resample, convert the label map to TC/WT/ET masks, crop to the head
+    and normalise; for "train", then draw `samples_per_case` crops of `roi_size` centred on tumour
+    or background equally often, and augment. "predict" loads no label and keeps the image's
+    metadata, so that predictions can be inverted onto the original grid."""
+    keys = [IMAGE_KEY] if stage == "predict" else [IMAGE_KEY, LABEL_KEY]
+    interpolation = ["bilinear", "nearest"][: len(keys)]
+    deterministic = [
+        LoadModalitiesd(keys),
+        Orientationd(keys, axcodes="RAS", labels=RAS_LABELS),
+        Spacingd(keys, pixdim=spacing, mode=interpolation, dtype=np.float32),
+        *([] if stage == "predict" else [ConvertToBratsRegionsd(LABEL_KEY, release)]),
+        CropForegroundd(keys, source_key=IMAGE_KEY, start_coord_key=None, end_coord_key=None),
+        NormalizeIntensityd(IMAGE_KEY, nonzero=True, channel_wise=True),
+    ]
+    if stage != "train":
+        return Compose(deterministic)
+    crops = [
+        SpatialPadd(keys, spatial_size=roi_size),
+        RandCropByPosNegLabeld(
+            keys,
+            label_key=LABEL_KEY,
+            spatial_size=roi_size,
+            pos=1,
+            neg=1,
+            num_samples=samples_per_case,
+            image_key=IMAGE_KEY,
+            image_threshold=0,
+        ),
+    ]
+    return Compose([*deterministic, *crops, *random_transforms(keys).transforms])
 
 
 @contextmanager

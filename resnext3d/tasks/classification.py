@@ -16,6 +16,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from resnext3d.callbacks import ClassPredictionWriter
 from resnext3d.tasks.optim import configure_optimizers
 
 
@@ -108,6 +109,9 @@ class VolumeClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"case_id": list(batch["case_id"]), "probabilities": self(batch["image"]).softmax(1)}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ClassPredictionWriter()]
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.optimizer, self.scheduler)

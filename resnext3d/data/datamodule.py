@@ -1,0 +1,215 @@
+"""What the BraTS data modules share: finding the data (or the phantom), splitting it, caching the
+deterministic transforms and serving the loaders. Subclasses say what an item holds and which
+transforms a stage uses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.transforms import Compose
+
+from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
+from resnext3d.data.phantom import ensure_phantom
+from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
+from resnext3d.data.transforms import data_errors_unwrapped
+from resnext3d.data.validation import validate_cases
+
+log = logging.getLogger(__name__)
+
+# Relative to the working directory, i.e. the repository's git-ignored data/ when run from there.
+PHANTOM_DIR = Path("data/phantom_brats")
+DEFAULT_CACHE_DIR = Path("data/cache")
+# The phantom does not change with the split seed, so that every run reuses the one on disk.
+PHANTOM_SEED = 0
+
+
+class BratsDataModule(L.LightningDataModule):
+    """Base of the BraTS data modules; see the subclasses for what their batches hold.
+
+    Args:
+        data_dir: a BraTS 2018-2021, BraTS 2023 or Decathlon Task01 folder. None trains on a
+            synthetic phantom generated once in ./data/phantom_brats.
+        roi_size: the size of the images a batch holds, in voxels.
+        spacing: the voxel size images are resampled to, in mm.
+        batch_size: items per batch.
+        num_workers: data loading processes (and caching threads).
+        val_fraction: the share of cases (of each class, where there are classes) held out for
+            validation when `fold` is None.
+        seed: the seed of the split.
+        fold: validate on this fold of a stratified k-fold split; None for a hold-out split.
+        num_folds: the number of folds when `fold` is set.
+        cache: keep preprocessed cases in "memory", on "disk" under `cache_dir`, or "none".
+        cache_dir: the folder of the disk cache; None for ./data/cache.
+        phantom_cases: the number of phantom cases when `data_dir` is None.
+        predict_split: the cases to predict: the validation cases ("val") or all cases ("all").
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        roi_size: tuple[int, int, int] = (64, 64, 64),
+        spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+        batch_size: int = 4,
+        num_workers: int = 2,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        fold: int | None = None,
+        num_folds: int = 5,
+        cache: Literal["memory", "disk", "none"] = "memory",
+        cache_dir: str | None = None,
+        phantom_cases: int = 100,
+        predict_split: Literal["val", "all"] = "all",
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.roi_size = tuple(roi_size)
+        self.spacing = tuple(spacing)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.fold = fold
+        self.num_folds = num_folds
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.phantom_cases = phantom_cases
+        self.predict_split = predict_split
+        self._datasets: dict[str, Dataset] = {}
+        if data_dir is None:
+            log.warning(
+                "\n%s\nNo data_dir given: training on a SYNTHETIC BraTS phantom (%d cases in %s), "
+                "not on real data.\nPoint it at real BraTS with `make train EXP=... "
+                "DATA=/path/to/BraTS` or `--data.data_dir /path/to/BraTS`.\n%s",
+                "=" * 80,
+                phantom_cases,
+                PHANTOM_DIR.resolve(),
+                "=" * 80,
+            )
+
+    # What subclasses provide.
+
+    def _cases(self) -> list[BratsCase]:
+        """The usable cases (all by default)."""
+        return self.all_cases
+
+    def _strata(self) -> Mapping[str, str]:
+        """A stratum per case id that the split keeps in proportion."""
+        return {case.case_id: "all" for case in self._cases()}
+
+    def _item(self, case: BratsCase) -> dict:
+        raise NotImplementedError
+
+    def _transforms(self, stage: Literal["train", "val", "predict"]) -> Compose:
+        raise NotImplementedError
+
+    # Shared.
+
+    @property
+    def in_channels(self) -> int:
+        """The number of image channels: one per modality."""
+        return len(MODALITIES)
+
+    @cached_property
+    def all_cases(self) -> list[BratsCase]:
+        # Cheap (file names only), so the CLI can read properties before training.
+        return discover_cases(self._data_root())
+
+    @cached_property
+    def split(self) -> Split:
+        """The training and validation case ids, stratified by `_strata`."""
+        strata = self._strata()
+        if self.fold is None:
+            return holdout_split(strata, self.val_fraction, self.seed)
+        return kfold_split(strata, self.fold, self.num_folds, self.seed)
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node, before `setup` runs on every process.
+        self._data_root()
+
+    def setup(self, stage: str) -> None:
+        """Validate the data, then build the datasets `stage` needs and save the split."""
+        cases = self._cases()
+        validate_cases(cases)
+        items = {case.case_id: self._item(case) for case in cases}
+        split = self.split
+        if stage == "fit":
+            self._datasets["train"] = self._dataset(
+                [items[i] for i in split.train], self._transforms("train")
+            )
+        if stage in ("fit", "validate", "test"):
+            self._datasets["val"] = self._dataset(
+                [items[i] for i in split.val], self._transforms("val")
+            )
+        if stage == "predict":
+            predicted = split.val if self.predict_split == "val" else sorted(items)
+            self._datasets["predict"] = self._dataset(
+                [items[i] for i in predicted], self._transforms("predict")
+            )
+        self._save_split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._datasets["train"]
+        # A last batch of one item would break batch normalisation.
+        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        # BraTS has no labelled test set: testing runs on the validation cases.
+        return self._loader(self._datasets["val"])
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["predict"])
+
+    def _data_root(self) -> Path:
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        return ensure_phantom(PHANTOM_DIR, self.phantom_cases, PHANTOM_SEED)
+
+    def _dataset(self, items: Sequence[dict], transform: Compose) -> Dataset:
+        if self.cache == "memory":
+            # CacheDataset reads every case now, so a damaged file fails here, named.
+            with data_errors_unwrapped():
+                return CacheDataset(items, transform, num_workers=max(1, self.num_workers))
+        if self.cache == "disk":
+            return PersistentDataset(items, transform, cache_dir=self._disk_cache_dir())
+        return Dataset(items, transform)
+
+    def _disk_cache_dir(self) -> Path:
+        # The cache key hashes the item (paths, label), not the preprocessing: keep one folder
+        # per data module and preprocessing setting.
+        roi = "x".join(map(str, self.roi_size))
+        spacing = "x".join(map(str, self.spacing))
+        kind = type(self).__name__
+        return Path(self.cache_dir or DEFAULT_CACHE_DIR) / f"{kind}_roi{roi}_spacing{spacing}"
+
+    def _loader(
+        self,
+        dataset: Dataset,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        batch_size: int | None = None,
+    ) -> DataLoader:
+        # MONAI's DataLoader seeds each worker's random transforms differently.
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _save_split(self, split: Split) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.is_global_zero and trainer.log_dir is not None:
+            save_split(split, trainer.log_dir)

@@ -1,0 +1,188 @@
+"""Volume segmentation into overlapping regions (BraTS TC, WT, ET): a ResNeXt UNet with sigmoid
+outputs, Dice+CE or Dice+Focal loss, sliding-window inference and per-region Dice and HD95."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn as nn
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from monai.inferers import sliding_window_inference
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from torchmetrics import MeanMetric
+
+from resnext3d.callbacks import SegmentationFigures, SegmentationWriter
+from resnext3d.models.decoder import ResNeXtUNet
+from resnext3d.models.resnext import LayerSpec
+from resnext3d.tasks.optim import configure_optimizers
+
+LOSSES = {"dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}
+
+
+class VolumeSegmenter(L.LightningModule):
+    """Segments volumes into ``num_classes`` possibly overlapping regions, one sigmoid each.
+
+    Logs ``{train,val,test}/loss`` and, per region, ``val/dice_<region>``, ``val/hd95_<region>``
+    (mm), with ``val/dice_mean`` and ``val/hd95_mean``. Dice follows the BraTS convention (an
+    empty region predicted empty scores 1); HD95 is left out of the mean where either the truth
+    or the prediction is empty, where it is undefined.
+
+    Args:
+        encoder: a ``features_only`` :class:`resnext3d.ResNeXt`; a UNet decoder is built on it.
+        num_classes: number of region channels (linked from the data module by the CLI).
+        class_names: region names in channel order, used in metric names.
+        decoder_channels: channels of each decoder stage, deepest first.
+        decoder_norm: norm of every decoder layer, by MONAI name.
+        upsample: decoder upsampling, ``"deconv"`` or ``"nontrainable"`` (see ResNeXtUNet).
+        deep_supervision: also supervise two intermediate decoder stages (weights 1, ½, ¼).
+        loss: ``"dice_ce"`` (Dice + binary cross-entropy) or ``"dice_focal"``.
+        sliding_window_size: window of the sliding-window inference, a multiple of 32.
+        sliding_window_batch_size: windows run at once.
+        overlap: overlap of neighbouring windows.
+        threshold: probability above which a voxel belongs to a region.
+        optimizer: the optimizer, built from the parameters.
+        scheduler: an optional learning-rate schedule, stepped every epoch.
+        channels_last: keep weights and inputs in ``channels_last_3d`` memory format.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int = 3,
+        class_names: Sequence[str] | None = None,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_norm: LayerSpec = "instance",
+        upsample: Literal["deconv", "nontrainable"] = "deconv",
+        deep_supervision: bool = False,
+        loss: Literal["dice_ce", "dice_focal"] = "dice_ce",
+        sliding_window_size: Sequence[int] = (64, 64, 64),
+        sliding_window_batch_size: int = 2,
+        overlap: float = 0.5,
+        threshold: float = 0.5,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names for {num_classes} classes")
+        self.net = ResNeXtUNet(
+            encoder,
+            in_channels=encoder.get_submodule(encoder.first_conv).in_channels,
+            out_channels=num_classes,
+            spatial_dims=encoder.spatial_dims,
+            decoder_channels=decoder_channels,
+            norm=decoder_norm,
+            upsample=upsample,
+            deep_supervision=deep_supervision,
+        )
+        # Dice over the whole batch (as nnU-Net): crops without a region do not dominate the loss.
+        region_loss = LOSSES[loss](sigmoid=True, batch=True)
+        self.loss = DeepSupervisionLoss(region_loss) if deep_supervision else region_loss
+        self.deep_supervision = deep_supervision
+        self.sliding_window_size = tuple(sliding_window_size)
+        self.sliding_window_batch_size = sliding_window_batch_size
+        self.overlap = overlap
+        self.threshold = threshold
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+        # torchmetrics means synchronise across DDP ranks; MONAI computes the per-case values.
+        names = [name.lower() for name in self.class_names] + ["mean"]
+        self.region_metrics = nn.ModuleDict(
+            {
+                f"{stage}_{kind}_{name}": MeanMetric(nan_strategy="ignore")
+                for stage in ("val", "test")
+                for kind in ("dice", "hd95")
+                for name in names
+            }
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image.contiguous(memory_format=self.memory_format))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        targets = batch["label"]
+        if self.deep_supervision:
+            loss = self.loss(list(torch.unbind(logits, dim=1)), targets)
+        else:
+            loss = self.loss(logits, targets)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Region probabilities of whole volumes by overlapping sliding windows."""
+        logits = sliding_window_inference(
+            image,
+            roi_size=self.sliding_window_size,
+            sw_batch_size=self.sliding_window_batch_size,
+            predictor=self,
+            overlap=self.overlap,
+            mode="gaussian",
+        )
+        return torch.sigmoid(logits)
+
+    def _evaluate(self, batch: dict, stage: str) -> dict:
+        image, targets = batch["image"], batch["label"]
+        probabilities = self.predict_probabilities(image)
+        loss = self.loss.loss if self.deep_supervision else self.loss
+        # The loss takes logits; recover them from the blended probabilities.
+        value = loss(torch.logit(probabilities.clamp(1e-6, 1 - 1e-6)), targets)
+        self.log(f"{stage}/loss", value, on_epoch=True, sync_dist=True, batch_size=len(targets))
+        masks = (probabilities > self.threshold).float()
+        dice = compute_dice(masks, targets, include_background=True, ignore_empty=False)
+        with warnings.catch_warnings():
+            # MONAI warns of each empty region (handled below) and of its own deprecations.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            hd95 = compute_hausdorff_distance(
+                masks,
+                targets,
+                percentile=95,
+                include_background=True,
+                spacing=_voxel_spacing(image),
+            )
+        hd95[~torch.isfinite(hd95)] = torch.nan  # empty truth or prediction: undefined
+        names = [name.lower() for name in self.class_names]
+        for kind, values in (("dice", dice), ("hd95", hd95)):
+            for channel, name in enumerate(names):
+                self.region_metrics[f"{stage}_{kind}_{name}"].update(values[:, channel])
+            self.region_metrics[f"{stage}_{kind}_mean"].update(values.nanmean(dim=1))
+        for key, metric in self.region_metrics.items():
+            if key.startswith(f"{stage}_"):
+                self.log(key.replace("_", "/", 1), metric, on_epoch=True, batch_size=len(targets))
+        return {"image": image, "label": targets, "prediction": masks}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.predict_probabilities(batch["image"])
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [SegmentationWriter(self.threshold), SegmentationFigures(self.class_names)]
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.optimizer, self.scheduler)
+
+
+def _voxel_spacing(image: torch.Tensor) -> list[float] | None:
+    """The voxel size in mm from a MetaTensor's affine (None for plain tensors: voxels)."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return None
+    affine = affine[0] if affine.ndim == 3 else affine
+    spatial_dims = image.ndim - 2
+    return torch.linalg.norm(affine[:spatial_dims, :spatial_dims].double(), dim=0).tolist()

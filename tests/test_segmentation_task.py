@@ -1,0 +1,82 @@
+"""The segmentation task through the CLI on a tiny phantom: metrics, figures and NIfTI masks that
+lie on their input's grid."""
+
+import csv
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import resnext3d
+from resnext3d.cli import main
+from resnext3d.tasks import VolumeSegmenter
+from resnext3d.visualize import orthogonal_slices, tumour_centre
+
+CONFIG = Path(__file__).parents[1] / "experiments" / "brats_seg.yaml"
+SMALL = [
+    "--data.init_args.roi_size", "[32, 32, 32]",
+    "--data.init_args.batch_size", "2",
+    "--data.init_args.num_workers", "0",
+    "--model.init_args.sliding_window_size", "[32, 32, 32]",
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2",
+    "--trainer.check_val_every_n_epoch", "1",
+]  # fmt: skip
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["resnext3d"])
+    return tmp_path
+
+
+def test_fit_logs_region_metrics_and_saves_a_figure(tiny_phantom, in_tmp_dir):
+    main(["fit", "--config", str(CONFIG), "--data.init_args.data_dir", str(tiny_phantom), *SMALL])
+    (run,) = (in_tmp_dir / "runs" / "brats_seg").iterdir()
+    with (run / "metrics.csv").open() as handle:
+        columns = set(next(csv.reader(handle)))
+    for region in ("tc", "wt", "et", "mean"):
+        assert {f"val/dice_{region}", f"val/hd95_{region}"} <= columns
+    assert (run / "figures" / "val_epoch000.png").stat().st_size > 10_000
+
+
+def test_predict_writes_masks_on_the_input_grid_in_release_values(tiny_phantom, in_tmp_dir):
+    main(
+        ["predict", "--config", str(CONFIG), "--data.init_args.data_dir", str(tiny_phantom), *SMALL]
+    )
+    (run,) = (in_tmp_dir / "runs" / "brats_seg").iterdir()
+    masks = sorted((run / "predictions").glob("*_seg.nii.gz"))
+    assert [m.name for m in masks] == [f"BraTS2021_{i:05d}_seg.nii.gz" for i in range(8)]
+    for mask_path in masks:
+        case_id = mask_path.name.removesuffix("_seg.nii.gz")
+        reference = nib.load(tiny_phantom / case_id / f"{case_id}_flair.nii.gz")
+        mask = nib.load(mask_path)
+        assert mask.shape == reference.shape
+        np.testing.assert_allclose(mask.affine, reference.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2, 4}
+
+
+def test_deep_supervision_trains_on_every_head():
+    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4, features_only=True)
+    task = VolumeSegmenter(encoder, decoder_channels=(64, 32, 16, 16, 8), deep_supervision=True)
+    batch = {
+        "image": torch.randn(2, 4, 32, 32, 32),
+        "label": (torch.rand(2, 3, 32, 32, 32) > 0.7).float(),
+    }
+    loss = task.training_step(batch, 0)
+    loss.backward()
+    assert all(head.weight.grad is not None for head in task.net.supervision_heads)
+
+
+def test_figure_slices_pass_through_the_tumour():
+    masks = torch.zeros(3, 20, 30, 40)
+    masks[1, 4:9, 10:15, 30:35] = 1
+    centre = tumour_centre(masks)
+    assert centre == (6, 12, 32)
+    axial, coronal, sagittal = orthogonal_slices(masks[1], centre)
+    assert axial.shape == (30, 20) and coronal.shape == (40, 20) and sagittal.shape == (40, 30)
+    assert axial.sum() == coronal.sum() == sagittal.sum() == 25
