@@ -22,7 +22,7 @@ from resnext3d.visualize import segmentation_figure
 
 def run_dir(trainer: L.Trainer) -> Path:
     """Where the run's files go: the loggers' directory, or the root one where logging is off
-    (``fast_dev_run``)."""
+    (``fast_dev_run``). Every rank must call it: ``trainer.log_dir`` broadcasts."""
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -34,6 +34,9 @@ class ClassPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.filename = filename
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.directory = run_dir(trainer)  # a collective call: every rank makes it, here
+
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         batches = predictions
         case_ids = [case for batch in batches for case in batch["case_id"]]
@@ -42,7 +45,7 @@ class ClassPredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         names = pl_module.class_names
-        path = run_dir(trainer) / self.filename
+        path = self.directory / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -78,17 +81,21 @@ class SegmentationWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.threshold = threshold
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Here, not per batch: ranks may predict different numbers of batches, and finding the
+        # directory is a collective call.
+        self.directory = run_dir(trainer) / "predictions"
+
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
         invert = Invertd("prediction", trainer.datamodule.predict_transforms, orig_keys="image")
-        out_dir = run_dir(trainer) / "predictions"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
         for item in decollate_batch({**batch, "prediction": prediction.detach().cpu()}):
             inverted = invert(item)["prediction"]
             labels = regions_to_labels(inverted, item["release"], self.threshold)
             image = nib.Nifti1Image(labels[0].numpy().astype(np.uint8), inverted.affine.numpy())
-            nib.save(image, out_dir / f"{item['case_id']}_seg.nii.gz")
+            nib.save(image, self.directory / f"{item['case_id']}_seg.nii.gz")
 
 
 class SegmentationFigures(Callback):
@@ -99,6 +106,9 @@ class SegmentationFigures(Callback):
     def __init__(self, region_names: Sequence[str]) -> None:
         self.region_names = list(region_names)
         self._sample: dict | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.directory = run_dir(trainer) / "figures"  # a collective call: every rank makes it
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -120,7 +130,7 @@ class SegmentationFigures(Callback):
             self.region_names,
             title=f"{sample['case_id']}, epoch {trainer.current_epoch}",
         )
-        path = run_dir(trainer) / "figures" / f"val_epoch{trainer.current_epoch:03d}.png"
+        path = self.directory / f"val_epoch{trainer.current_epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=80)
         for logger in trainer.loggers:

@@ -17,8 +17,8 @@ from resnext3d.models import count_macs, count_parameters, create_model, list_mo
 from resnext3d.models.complexity import complexity_table
 from resnext3d.models.registry import PRESETS
 
-# Set by the launching process so that the DDP workers it starts, which re-run this command with
-# LOCAL_RANK set, write into its run directory.
+# Set by the launching process so that the DDP workers it starts, which re-run this command,
+# write into its run directory.
 RUN_VERSION_VARIABLE = "RESNEXT3D_RUN_VERSION"
 
 
@@ -55,11 +55,28 @@ class ResNeXtCLI(LightningCLI):
 
 
 def _run_version() -> str:
-    """The start time, shared with the DDP workers that Lightning launches from this process."""
-    is_launched_worker = "LOCAL_RANK" in os.environ and RUN_VERSION_VARIABLE in os.environ
-    if not is_launched_worker:
-        os.environ[RUN_VERSION_VARIABLE] = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    return os.environ[RUN_VERSION_VARIABLE]
+    """One version per run, the same in every process of a distributed run.
+
+    Processes that Lightning's DDP launcher starts inherit the launching process's version, as do
+    those of a user who sets RESNEXT3D_RUN_VERSION; the tasks of a SLURM job share its id (a
+    requeued job continues in its directory), those of a torchrun its run id. Otherwise it is the
+    start time.
+    """
+    inherited = os.environ.get(RUN_VERSION_VARIABLE)
+    if inherited:
+        return inherited
+    if "SLURM_JOB_ID" in os.environ:
+        version = f"slurm-{os.environ['SLURM_JOB_ID']}"
+    elif "TORCHELASTIC_RUN_ID" in os.environ:
+        version = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    else:
+        version = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    os.environ[RUN_VERSION_VARIABLE] = version
+    return version
+
+
+def _is_requeued_slurm_job() -> bool:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
 def _keep_wandb_offline_without_key(logger) -> None:
@@ -89,12 +106,19 @@ def lightning_main(argv: list[str] | None) -> None:
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
-    ResNeXtCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        auto_configure_optimizers=False,
-    )
+    launching = RUN_VERSION_VARIABLE not in os.environ
+    try:
+        ResNeXtCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            auto_configure_optimizers=False,
+            # A requeued SLURM job resumes in its own directory, where its config already is.
+            save_config_kwargs={"overwrite": _is_requeued_slurm_job()},
+        )
+    finally:
+        if launching:  # the next run of this process, or a process it starts, is another run
+            os.environ.pop(RUN_VERSION_VARIABLE, None)
 
 
 def models_command(argv: list[str]) -> None:

@@ -3,13 +3,15 @@ CLI apart from file reading: two classes that differ in mean intensity."""
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 class ToyVolumes(L.LightningDataModule):
-    def __init__(self, size: int = 32, cases: int = 8, batch_size: int = 2) -> None:
+    def __init__(
+        self, size: int = 32, cases: int = 8, batch_size: int = 2, shuffle: bool = True
+    ) -> None:
         super().__init__()
-        self.size, self.cases, self.batch_size = size, cases, batch_size
+        self.size, self.cases, self.batch_size, self.shuffle = size, cases, batch_size, shuffle
         self.num_classes, self.in_channels, self.class_names = 2, 4, ["LGG", "HGG"]
 
     def _items(self) -> list[dict]:
@@ -24,7 +26,16 @@ class ToyVolumes(L.LightningDataModule):
         ]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._items(), batch_size=self.batch_size, shuffle=True, drop_last=True)
+        items = self._items()
+        # Lightning shuffles training data under DDP unless given its own distributed sampler;
+        # an unshuffled one gives two ranks of batch b the global batches of one rank of 2b.
+        sampler = None
+        if torch.distributed.is_initialized() and not self.shuffle:
+            sampler = DistributedSampler(items, shuffle=False)
+        shuffle = self.shuffle if sampler is None else None
+        return DataLoader(
+            items, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, drop_last=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._items(), batch_size=self.batch_size)

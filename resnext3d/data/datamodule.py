@@ -12,6 +12,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
@@ -164,7 +165,7 @@ class BratsDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         # BraTS has no labelled test set: testing runs on the validation cases.
-        return self._loader(self._datasets["val"])
+        return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["predict"])
@@ -198,11 +199,19 @@ class BratsDataModule(L.LightningDataModule):
         drop_last: bool = False,
         batch_size: int | None = None,
     ) -> DataLoader:
+        # Lightning's distributed sampler pads evaluation sets with repeated cases to divide them
+        # evenly among the ranks, which would count those cases twice in the metrics.
+        sampler = None
+        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, self.trainer.world_size, self.trainer.global_rank, shuffle=False
+            )
         # MONAI's DataLoader seeds each worker's random transforms differently.
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -210,6 +219,8 @@ class BratsDataModule(L.LightningDataModule):
         )
 
     def _save_split(self, split: Split) -> None:
-        trainer = self.trainer
-        if trainer is not None and trainer.is_global_zero and trainer.log_dir is not None:
-            save_split(split, trainer.log_dir)
+        if self.trainer is None:
+            return
+        log_dir = self.trainer.log_dir  # a broadcast: every rank must ask
+        if self.trainer.is_global_zero and log_dir is not None:
+            save_split(split, log_dir)

@@ -95,14 +95,17 @@ class VolumeSegmenter(L.LightningModule):
         self.scheduler = scheduler
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
-        # torchmetrics means synchronise across DDP ranks; MONAI computes the per-case values.
+        # torchmetrics means average every case of every rank once; MONAI computes the values.
         names = [name.lower() for name in self.class_names] + ["mean"]
-        self.region_metrics = nn.ModuleDict(
+        self.epoch_means = nn.ModuleDict(
             {
-                f"{stage}_{kind}_{name}": MeanMetric(nan_strategy="ignore")
-                for stage in ("val", "test")
-                for kind in ("dice", "hd95")
-                for name in names
+                **{f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")},
+                **{
+                    f"{stage}_{kind}_{name}": MeanMetric(nan_strategy="ignore")
+                    for stage in ("val", "test")
+                    for kind in ("dice", "hd95")
+                    for name in names
+                },
             }
         )
 
@@ -116,7 +119,8 @@ class VolumeSegmenter(L.LightningModule):
             loss = self.loss(list(torch.unbind(logits, dim=1)), targets)
         else:
             loss = self.loss(logits, targets)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.epoch_means["train_loss"].update(loss.detach(), weight=len(targets))
+        self.log("train/loss", self.epoch_means["train_loss"], on_step=False, on_epoch=True)
         return loss
 
     def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -137,7 +141,7 @@ class VolumeSegmenter(L.LightningModule):
         loss = self.loss.loss if self.deep_supervision else self.loss
         # The loss takes logits; recover them from the blended probabilities.
         value = loss(torch.logit(probabilities.clamp(1e-6, 1 - 1e-6)), targets)
-        self.log(f"{stage}/loss", value, on_epoch=True, sync_dist=True, batch_size=len(targets))
+        self.epoch_means[f"{stage}_loss"].update(value, weight=len(targets))
         masks = (probabilities > self.threshold).float()
         dice = compute_dice(masks, targets, include_background=True, ignore_empty=False)
         with warnings.catch_warnings():
@@ -155,9 +159,9 @@ class VolumeSegmenter(L.LightningModule):
         names = [name.lower() for name in self.class_names]
         for kind, values in (("dice", dice), ("hd95", hd95)):
             for channel, name in enumerate(names):
-                self.region_metrics[f"{stage}_{kind}_{name}"].update(values[:, channel])
-            self.region_metrics[f"{stage}_{kind}_mean"].update(values.nanmean(dim=1))
-        for key, metric in self.region_metrics.items():
+                self.epoch_means[f"{stage}_{kind}_{name}"].update(values[:, channel])
+            self.epoch_means[f"{stage}_{kind}_mean"].update(values.nanmean(dim=1))
+        for key, metric in self.epoch_means.items():
             if key.startswith(f"{stage}_"):
                 self.log(key.replace("_", "/", 1), metric, on_epoch=True, batch_size=len(targets))
         return {"image": image, "label": targets, "prediction": masks}

@@ -1,0 +1,38 @@
+"""Every process of one run agrees on its directory; separate runs never share one."""
+
+import os
+
+import pytest
+
+from resnext3d.cli import RUN_VERSION_VARIABLE, _run_version
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in (RUN_VERSION_VARIABLE, "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    os.environ.pop(RUN_VERSION_VARIABLE, None)  # set by _run_version itself, not monkeypatch
+
+
+def test_workers_inherit_the_launching_process_version(monkeypatch):
+    launched = _run_version()
+    assert launched.count("-") == 2  # start time and process id
+    assert _run_version() == launched  # what a worker started with this environment sees
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [("SLURM_JOB_ID", "4242", "slurm-4242"), ("TORCHELASTIC_RUN_ID", "abc", "torchrun-abc")],
+)
+def test_launchers_that_start_every_rank_give_a_shared_version(
+    monkeypatch, variable, value, expected
+):
+    monkeypatch.setenv(variable, value)
+    assert _run_version() == expected
+
+
+def test_an_explicit_version_wins(monkeypatch):
+    monkeypatch.setenv(RUN_VERSION_VARIABLE, "my-run")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert _run_version() == "my-run"
