@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 
-.PHONY: help install test test-slow lint train models bench clean
+.PHONY: help install test lint train models bench clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -37,9 +37,6 @@ $(STAMP): pyproject.toml
 test: install ## run the test suite (CPU, minutes)
 	$(BIN)/python -m pytest
 
-test-slow: install ## run only the slow tests
-	$(BIN)/python -m pytest -m slow
-
 lint: install ## ruff check and format check
 	$(BIN)/ruff check resnext3d tests
 	$(BIN)/ruff format --check resnext3d tests
@@ -49,6 +46,9 @@ train: install ## train an experiment: make train EXP=<name> [DATA=dir] [ARGS=..
 		echo "make train: unknown experiment '$(EXP)'. Choose one of: $(EXPERIMENTS)" >&2; \
 		echo "  e.g. make train EXP=$(firstword $(EXPERIMENTS))" >&2; exit 2; fi
 	$(BIN)/resnext3d fit --config experiments/$(EXP).yaml $(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
+
+bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
+	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 models: install ## list the encoder presets with parameters and GFLOPs
 	$(BIN)/resnext3d models
