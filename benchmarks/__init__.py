@@ -1,0 +1,1 @@
+"""Benchmarks of resnext3d; run ``python -m benchmarks.bench`` from the repository root."""
