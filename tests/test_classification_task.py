@@ -1,32 +1,19 @@
 import csv
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from toy_data import TINY_ENCODER
 
 import resnext3d
 from resnext3d.cli import main
 from resnext3d.tasks import VolumeClassifier
 
-TINY_ENCODER = {
-    "class_path": "resnext3d.ResNeXt",
-    "init_args": {
-        "layers": [1, 1, 1, 1],
-        "cardinality": 8,
-        "base_width": 8,
-        "channels": [32, 64, 128, 256],
-        "stem_width": 32,
-    },
-}
-
 
 @pytest.fixture
-def toy_config(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["resnext3d"])
+def toy_config(in_tmp_dir):
     config = {
         "trainer": {
             "max_epochs": 2,
@@ -51,7 +38,7 @@ def toy_config(tmp_path, monkeypatch):
         },
         "data": {"class_path": "toy_data.ToyVolumes"},
     }
-    path = tmp_path / "toy.yaml"
+    path = in_tmp_dir / "toy.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch.distributed
 import yaml
+from toy_data import TINY_ENCODER
 
 from resnext3d.data import generate_phantom
 
@@ -17,16 +18,6 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch built without distributed support"
 )
 ROOT = Path(__file__).parents[1]
-TINY_ENCODER = {
-    "class_path": "resnext3d.ResNeXt",
-    "init_args": {
-        "layers": [1, 1, 1, 1],
-        "cardinality": 8,
-        "base_width": 8,
-        "channels": [32, 64, 128, 256],
-        "stem_width": 32,
-    },
-}
 # Reduction order differs between one process and two; nothing else may.
 TOLERANCE = 1e-4
 

@@ -1,7 +1,6 @@
 """Every experiment config runs through the CLI, as `make train` runs it, on a tiny phantom."""
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ def small_data(phantom) -> list[str]:
         "--data.init_args.batch_size", "2",
         "--data.init_args.num_workers", "0",
     ]  # fmt: skip
-
-
-@pytest.fixture
-def in_tmp_dir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["resnext3d"])
-    return tmp_path
 
 
 def test_there_are_experiments():

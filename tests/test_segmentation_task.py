@@ -2,12 +2,10 @@
 lie on their input's grid."""
 
 import csv
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 import resnext3d
@@ -25,13 +23,6 @@ SMALL = [
     "--trainer.limit_train_batches", "2",
     "--trainer.check_val_every_n_epoch", "1",
 ]  # fmt: skip
-
-
-@pytest.fixture
-def in_tmp_dir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["resnext3d"])
-    return tmp_path
 
 
 def test_fit_logs_region_metrics_and_saves_a_figure(tiny_phantom, in_tmp_dir):

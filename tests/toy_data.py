@@ -5,6 +5,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+# The resnext14_tiny preset as a CLI encoder spec.
+TINY_ENCODER = {
+    "class_path": "resnext3d.ResNeXt",
+    "init_args": {
+        "layers": [1, 1, 1, 1],
+        "cardinality": 8,
+        "base_width": 8,
+        "channels": [32, 64, 128, 256],
+        "stem_width": 32,
+    },
+}
+
 
 class ToyVolumes(L.LightningDataModule):
     def __init__(
