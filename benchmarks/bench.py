@@ -50,6 +50,7 @@ FLOAT32_BYTES = 4
 TRAINING_COPIES_OF_WEIGHTS = 4
 # Rows that ran while other processes used more of the CPUs than this are flagged as noisy.
 NOISY_SHARE = 0.10
+NOISY_MARK = " †"
 
 MODEL_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "resnext50_32x4d": lambda: create_model(
@@ -136,9 +137,9 @@ class Settings:
         return (self.checkpoint_batch, IN_CHANNELS, size, size, size)
 
 
-# For the test: every section at toy sizes, one step each. torch.compile takes a minute whatever
-# the size, so it is left out; BatchNorm needs two values per channel in ResNeXt's last stage,
-# hence a checkpointing batch of two at 32³.
+# For the test: every section at toy sizes, one step each. torch.compile takes half a minute
+# whatever the size, so it is left out; BatchNorm needs two values per channel in ResNeXt's last
+# stage, hence a checkpointing batch of two at 32³.
 QUICK = Settings(
     size=16,
     rounds=1,
@@ -376,13 +377,15 @@ def _count_volumes(loader) -> int:
 # Running the measurements.
 
 
-def run_in_fresh_process(function: Callable, *args, **kwargs):
+def run_in_fresh_process(function: Callable[..., dict], *args, **kwargs) -> dict:
     """Call `function` in a new process, so that no model's memory, allocator caches or compiled
-    kernels affect the next one's numbers. The process is forked from a server that imported
-    torch, MONAI and resnext3d once, which saves seconds per measurement."""
+    kernels affect the next one's numbers, and add to its result the share of the CPUs that
+    other processes used meanwhile. The process is forked from a server that imported torch,
+    MONAI and resnext3d once, which saves seconds per measurement."""
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(function, *args, **kwargs).result()
+    with OtherProcessesCpu() as others, ProcessPoolExecutor(1, mp_context=context) as pool:
+        result = pool.submit(function, *args, **kwargs).result()
+    return {**result, "other_processes_cpu_share": others.share}
 
 
 class OtherProcessesCpu:
@@ -397,7 +400,8 @@ class OtherProcessesCpu:
         machine, ours, wall = (
             end - start for end, start in zip(_cpu_seconds(), self._start, strict=True)
         )
-        self.share = max(0.0, (machine - ours) / (wall * os.cpu_count()))
+        # Clamped: over a short block, whole clock ticks can add up to more than the wall time.
+        self.share = min(1.0, max(0.0, (machine - ours) / (wall * os.cpu_count())))
 
 
 def _cpu_seconds() -> tuple[float, float, float]:
@@ -449,11 +453,11 @@ def benchmark_models(settings: Settings) -> dict:
         for variant in variants:
             shape = "×".join(map(str, settings.input_shape))
             progress(f"round {round_index + 1}/{settings.rounds}: {variant.key}, {shape}")
-            with OtherProcessesCpu() as others:
-                measured = run_in_fresh_process(
+            rounds[variant].append(
+                run_in_fresh_process(
                     measure_model, variant, settings.input_shape, settings.model_schedule
                 )
-            rounds[variant].append({**measured, "other_processes_cpu_share": others.share})
+            )
     rows = []
     for variant, measured in rounds.items():
         row = {**asdict(variant), **measured[0]}
@@ -507,6 +511,7 @@ def benchmark_checkpointing(settings: Settings) -> dict:
         steps[enabled] = {
             **summarize([measured["train"]], settings.checkpoint_batch),
             "saved_activations_mib": measured["saved_activations_mib"],
+            "other_processes_cpu_share": measured["other_processes_cpu_share"],
         }
     without, with_ = steps[False], steps[True]
     return {
@@ -538,9 +543,15 @@ def benchmark_loading(settings: Settings, train_volumes_per_s: float) -> dict:
         for name, data_class in pipelines.items():
             for cache in ("memory", "none"):
                 progress(f"{name} loader, cache={cache}")
-                result = measure_loading(data_class, data_dir, cache, settings)
-                result["ratio_to_train_step"] = result["volumes_per_s"] / train_volumes_per_s
-                results[f"{name}_{cache}"] = {"pipeline": name, "cache": cache, **result}
+                with OtherProcessesCpu() as others:
+                    result = measure_loading(data_class, data_dir, cache, settings)
+                results[f"{name}_{cache}"] = {
+                    "pipeline": name,
+                    "cache": cache,
+                    **result,
+                    "ratio_to_train_step": result["volumes_per_s"] / train_volumes_per_s,
+                    "other_processes_cpu_share": others.share,
+                }
     return {
         "phantom_cases": settings.phantom_cases,
         "phantom_shape": settings.phantom_shape,
@@ -599,6 +610,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join([line(headers), line(["-" * width for width in widths]), *map(line, rows)])
 
 
+def noisy(result: dict) -> str:
+    """A mark for a measurement that other processes may have slowed down."""
+    return NOISY_MARK if result["other_processes_cpu_share"] > NOISY_SHARE else ""
+
+
 def with_ratio(value: float, ratio: float, digits: int) -> str:
     return f"{value:.{digits}f} ({ratio:.2f}×)"
 
@@ -626,7 +642,8 @@ def print_header(machine: dict, settings: Settings) -> None:
 
 def print_models(models: dict, dense: dict) -> None:
     shape = "×".join(map(str, models["input_shape"]))
-    print(f"\n## Models: input {shape}, ratios to MONAI SEResNeXt50, {models['rounds']} rounds\n")
+    rounds = f"{models['rounds']} round{'s' if models['rounds'] > 1 else ''}"
+    print(f"\n## Models: input {shape}, ratios to MONAI SEResNeXt50, {rounds}\n")
     print(
         "Throughput in volumes/s (higher is better), peak memory in MiB above the process's "
         "footprint before the model was built (lower is better).\n"
@@ -634,10 +651,9 @@ def print_models(models: dict, dense: dict) -> None:
     table = []
     for row in models["rows"]:
         ratios = row["ratios"]
-        noisy = " *" if row["other_processes_cpu_share"] > NOISY_SHARE else ""
         table.append(
             [
-                row["label"] + noisy,
+                row["label"] + noisy(row),
                 settings_name(row),
                 f"{row['macs'] / 1e9:.1f}",
                 with_ratio(row["train"]["volumes_per_s"], ratios["train_throughput"], 2),
@@ -677,7 +693,10 @@ def print_models(models: dict, dense: dict) -> None:
         "GFLOP/s from analytic MACs × 2 × 3 (forward, input and weight gradients); 'of dense "
         "conv' above is a train step's GFLOP/s as a share of the faster format's.\n"
     )
-    rows = [[name, f"{result['gflops_per_s']:.0f}"] for name, result in dense["formats"].items()]
+    rows = [
+        [name + noisy(result), f"{result['gflops_per_s']:.0f}"]
+        for name, result in dense["formats"].items()
+    ]
     print(markdown_table(["memory format", "GFLOP/s"], rows))
 
 
@@ -686,7 +705,7 @@ def print_checkpointing(checkpointing: dict) -> None:
     print(f"\n## Activation checkpointing: resnext50_32x4d train step on {shape}\n")
     rows = [
         [
-            label,
+            label + noisy(step),
             f"{step['peak_memory_mib']:.0f}",
             f"{step['saved_activations_mib']:.0f}",
             f"{step['median_step_s']:.1f}",
@@ -713,7 +732,7 @@ def print_loading(loading: dict, train_label: str) -> None:
     )
     rows = [
         [
-            result["pipeline"],
+            result["pipeline"] + noisy(result),
             result["cache"],
             str(result["num_workers"]),
             f"{result['volumes_per_s']:.1f}",
@@ -730,10 +749,18 @@ def print_footer(report: dict) -> None:
     print(f"\nTotal time: {report['total_s'] / 60:.1f} min.")
     share = report["other_processes_cpu_share"]
     print(f"Other processes used {100 * share:.0f}% of the CPUs during the run.")
-    if any(row["other_processes_cpu_share"] > NOISY_SHARE for row in report["models"]["rows"]):
+    measurements = [
+        *report["models"]["rows"],
+        *report["dense_conv"]["formats"].values(),
+        report["checkpointing"]["without"],
+        report["checkpointing"]["with"],
+        *report["data_loading"]["pipelines"].values(),
+    ]
+    if any(noisy(measurement) for measurement in measurements):
         print(
-            f"* other processes used more than {100 * NOISY_SHARE:.0f}% of the CPUs while this "
-            "row was measured: its numbers are noisy."
+            f"{NOISY_MARK.strip()} Other processes used more than {100 * NOISY_SHARE:.0f}% of the "
+            "CPUs while this row was measured: its numbers are unreliable, as a busy machine "
+            "can slow a step down tenfold."
         )
 
 
