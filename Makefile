@@ -38,8 +38,8 @@ test: install ## run the test suite (CPU, minutes)
 	$(BIN)/python -m pytest
 
 lint: install ## ruff check and format check
-	$(BIN)/ruff check resnext3d tests
-	$(BIN)/ruff format --check resnext3d tests
+	$(BIN)/ruff check resnext3d tests benchmarks
+	$(BIN)/ruff format --check resnext3d tests benchmarks
 
 train: install ## train an experiment: make train EXP=<name> [DATA=dir] [ARGS=...]
 	@if [ -z "$(EXP)" ] || [ ! -f "experiments/$(EXP).yaml" ]; then \

@@ -338,7 +338,9 @@ def measure_dense_conv(input_shape: Sequence[int], channels_last: bool, schedule
 def train_flops(forward_macs: int) -> int:
     """Forward, input-gradient and weight-gradient passes cost about one forward each; a MAC is
     two FLOPs. Analytic, because torch 2.13's FlopCounterMode overcounts grouped-convolution
-    backward by the number of groups."""
+    backward by the number of groups. The first convolution's input needs no gradient, so this
+    overcounts a network by a third of its stem's share of the MACs: a sixth for
+    resnext50_32x4d at 64³, whose 7×7×7 stem is half its MACs."""
     return 3 * 2 * forward_macs
 
 
@@ -444,14 +446,17 @@ def benchmark_models(settings: Settings) -> dict:
     if settings.compile:
         variants.append(OURS_COMPILED)
     variants += COMPARED
+    shape = "×".join(map(str, settings.input_shape))
     rounds: dict[Variant, list[dict]] = defaultdict(list)
     started = time.perf_counter()
     for round_index in range(settings.rounds):
         if time.perf_counter() - started > settings.rounds_budget_s:
-            progress(f"no round {round_index + 1}: the models took {settings.rounds_budget_s} s")
+            progress(
+                f"skipping round {round_index + 1}: the models took more than "
+                f"{settings.rounds_budget_s:.0f} s already"
+            )
             break
         for variant in variants:
-            shape = "×".join(map(str, settings.input_shape))
             progress(f"round {round_index + 1}/{settings.rounds}: {variant.key}, {shape}")
             rounds[variant].append(
                 run_in_fresh_process(
