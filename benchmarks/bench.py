@@ -3,10 +3,11 @@
 Four sections, printed as Markdown tables and written to a JSON file:
 
 1. models: train-step and inference throughput and peak memory of ``resnext50_32x4d`` in its
-   default and fastest settings and of MONAI's SEResNeXt50 and resnet50, each as a ratio to MONAI
-   SEResNeXt50 measured in the same run;
+   default and fastest settings (bf16 where the device has it natively) and of MONAI's
+   SEResNeXt50 and resnet50, each as a ratio to MONAI SEResNeXt50 measured in the same run;
 2. the GFLOP/s those train steps achieve (analytic MACs) next to a dense Conv3d's;
-3. the peak memory that activation checkpointing saves on a large input;
+3. the peak memory that activation checkpointing saves on a large input, with the C library's
+   allocator as it is and told to return freed memory;
 4. the volumes/s of the BraTS data pipelines on a phantom, cached and uncached.
 
 Run from the repository root: ``python -m benchmarks.bench [--quick] [--batch 2 --size 64]``.
@@ -15,6 +16,7 @@ Run from the repository root: ``python -m benchmarks.bench [--quick] [--batch 2 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing
 import os
@@ -40,6 +42,7 @@ from resnext3d.data import BratsClassificationData, BratsSegmentationData, gener
 from resnext3d.data.datamodule import BratsDataModule
 from resnext3d.data.phantom import DEFAULT_SHAPE
 from resnext3d.models import count_macs, count_parameters, create_model
+from resnext3d.performance import cpu_bf16_conv_gradients_are_correct, cpu_has_native_bf16
 
 IN_CHANNELS = 4  # the four BraTS modalities
 NUM_CLASSES = 2
@@ -80,6 +83,7 @@ class Variant:
     channels_last: bool = False
     compiled: bool = False
     grad_checkpointing: bool = False
+    bf16: bool = False  # bf16 autocast, as Lightning's "bf16-mixed"
 
 
 REFERENCE = Variant("monai_seresnext50", "MONAI SEResNeXt50 (reference)", "monai_seresnext50")
@@ -88,6 +92,7 @@ OURS_CHANNELS_LAST = replace(
     OURS_DEFAULT, key="resnext50_32x4d_cl", label="resnext50_32x4d", channels_last=True
 )
 OURS_COMPILED = replace(OURS_CHANNELS_LAST, key="resnext50_32x4d_cl_compiled", compiled=True)
+OURS_BF16 = replace(OURS_CHANNELS_LAST, key="resnext50_32x4d_cl_bf16", bf16=True)
 COMPARED = (
     REFERENCE,
     replace(REFERENCE, key="monai_seresnext50_cl", label="MONAI SEResNeXt50", channels_last=True),
@@ -248,7 +253,11 @@ def build_model(variant: Variant) -> nn.Module:
 
 
 def measure_model(
-    variant: Variant, input_shape: Sequence[int], schedule: Schedule, inference: bool = True
+    variant: Variant,
+    input_shape: Sequence[int],
+    schedule: Schedule,
+    inference: bool = True,
+    return_freed_memory: bool = False,
 ) -> dict:
     """Size and forward MACs of `variant`, then inference (if asked) and train-step timings and
     peak memory, then the activations a forward pass keeps for the backward one.
@@ -257,6 +266,8 @@ def measure_model(
     """
     torch.manual_seed(0)
     device = bench_device()
+    if return_freed_memory:
+        return_freed_memory_to_the_system()
     with torch.device("meta"):
         meta_model = build_model(variant)
         macs = count_macs(meta_model, input_shape)
@@ -267,7 +278,12 @@ def measure_model(
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
         inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-    forward = torch.compile(model) if variant.compiled else model
+    compiled = torch.compile(model) if variant.compiled else model
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
+            return compiled(inputs)
+
     result = {"macs": macs, "parameters": count_parameters(meta_model)}
 
     if inference:
@@ -292,6 +308,19 @@ def measure_model(
     # same activations in kind.
     result["saved_activations_mib"] = saved_activations_mib(model, inputs)
     return result
+
+
+def return_freed_memory_to_the_system() -> None:
+    """Make glibc's malloc give large freed blocks back to the system at once.
+
+    By default glibc raises its mmap threshold up to 32 MiB as large blocks are freed, and keeps
+    blocks under the threshold in its heap, where the process's peak resident size counts them
+    even once freed; a fixed 1 MiB threshold (which also disables the raising) maps every large
+    tensor on its own, so that the peak follows the tensors alive at once.
+    """
+    m_mmap_threshold = -3  # from malloc.h
+    if ctypes.CDLL(None).mallopt(m_mmap_threshold, MIB) != 1:
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: is this glibc?")
 
 
 def saved_activations_mib(model: nn.Module, inputs: torch.Tensor) -> float:
@@ -441,8 +470,18 @@ def _process_tree_ticks(root: int) -> int:
     return total
 
 
+def device_runs_bf16_natively(device: torch.device) -> bool:
+    return device.type == "cuda" or cpu_has_native_bf16()
+
+
+def bf16_gradients_are_correct(device: torch.device) -> bool:
+    return device.type == "cuda" or cpu_bf16_conv_gradients_are_correct()
+
+
 def benchmark_models(settings: Settings) -> dict:
     variants = [OURS_DEFAULT, OURS_CHANNELS_LAST]
+    if device_runs_bf16_natively(bench_device()):
+        variants.append(OURS_BF16)
     if settings.compile:
         variants.append(OURS_COMPILED)
     variants += COMPARED
@@ -480,6 +519,7 @@ def benchmark_models(settings: Settings) -> dict:
         row["train_gflops_per_s"] = train_flops(row["macs"]) / row["train"]["median_step_s"] / 1e9
     return {
         "input_shape": settings.input_shape,
+        "bf16_gradients_correct": bf16_gradients_are_correct(bench_device()),
         "reference": REFERENCE.key,
         "rounds": len(rounds[REFERENCE]),
         "rows": rows,
@@ -497,40 +537,51 @@ def benchmark_dense_conv(settings: Settings, models: dict) -> dict:
         )
     best = max(result["gflops_per_s"] for result in formats.values())
     for row in models["rows"]:
-        row["fraction_of_dense_conv"] = row["train_gflops_per_s"] / best
+        # The dense convolution runs in float32: a share of it says nothing of bf16 rows.
+        row["fraction_of_dense_conv"] = None if row["bf16"] else row["train_gflops_per_s"] / best
     return {"input_shape": shape, "formats": formats, "best_gflops_per_s": best}
 
 
 def benchmark_checkpointing(settings: Settings) -> dict:
-    steps = {}
-    for enabled in (False, True):
-        progress(f"grad_checkpointing={enabled}: {'×'.join(map(str, settings.checkpoint_shape))}")
-        variant = replace(OURS_DEFAULT, grad_checkpointing=enabled)
-        measured = run_in_fresh_process(
-            measure_model,
-            variant,
-            settings.checkpoint_shape,
-            settings.checkpoint_schedule,
-            inference=False,
-        )
-        steps[enabled] = {
-            **summarize([measured["train"]], settings.checkpoint_batch),
-            "saved_activations_mib": measured["saved_activations_mib"],
-            "other_processes_cpu_share": measured["other_processes_cpu_share"],
+    """Checkpointing off and on; on CPU also with freed memory returned at once, since the peak
+    resident size there counts what glibc keeps of freed blocks (CUDA's peak counts tensors)."""
+    allocators = ["default"]
+    if bench_device().type == "cpu":
+        allocators.append("returning")
+    result = {"input_shape": settings.checkpoint_shape}
+    for allocator in allocators:
+        steps = {}
+        for enabled in (False, True):
+            progress(
+                f"grad_checkpointing={enabled}, {allocator} allocator: "
+                f"{'×'.join(map(str, settings.checkpoint_shape))}"
+            )
+            measured = run_in_fresh_process(
+                measure_model,
+                replace(OURS_DEFAULT, grad_checkpointing=enabled),
+                settings.checkpoint_shape,
+                settings.checkpoint_schedule,
+                inference=False,
+                return_freed_memory=allocator == "returning",
+            )
+            steps[enabled] = {
+                **summarize([measured["train"]], settings.checkpoint_batch),
+                "saved_activations_mib": measured["saved_activations_mib"],
+                "other_processes_cpu_share": measured["other_processes_cpu_share"],
+            }
+        without, with_ = steps[False], steps[True]
+        result[allocator] = {
+            "without": without,
+            "with": with_,
+            "memory_saved_percent": percent_saved(without, with_, "peak_memory_mib"),
+            "activations_saved_percent": percent_saved(without, with_, "saved_activations_mib"),
+            "time_added_percent": 100 * (with_["median_step_s"] / without["median_step_s"] - 1),
         }
-    without, with_ = steps[False], steps[True]
-    return {
-        "input_shape": settings.checkpoint_shape,
-        "without": without,
-        "with": with_,
-        # The same model either way.
-        "weights_and_optimizer_mib": (
-            TRAINING_COPIES_OF_WEIGHTS * FLOAT32_BYTES * measured["parameters"] / MIB
-        ),
-        "memory_saved_percent": percent_saved(without, with_, "peak_memory_mib"),
-        "activations_saved_percent": percent_saved(without, with_, "saved_activations_mib"),
-        "time_added_percent": 100 * (with_["median_step_s"] / without["median_step_s"] - 1),
-    }
+    # The same model every time.
+    result["weights_and_optimizer_mib"] = (
+        TRAINING_COPIES_OF_WEIGHTS * FLOAT32_BYTES * measured["parameters"] / MIB
+    )
+    return result
 
 
 def percent_saved(before: dict, after: dict, field: str) -> float:
@@ -598,8 +649,12 @@ def memory_format_name(channels_last: bool) -> str:
 
 
 def settings_name(row: dict) -> str:
-    name = memory_format_name(row["channels_last"])
-    return f"{name} + torch.compile" if row["compiled"] else name
+    parts = [memory_format_name(row["channels_last"])]
+    if row["bf16"]:
+        parts.append("bf16-mixed")
+    if row["compiled"]:
+        parts.append("torch.compile")
+    return " + ".join(parts)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -666,7 +721,7 @@ def print_models(models: dict, dense: dict) -> None:
                 with_ratio(row["train"]["peak_memory_mib"], ratios["train_memory"], 0),
                 with_ratio(row["inference"]["peak_memory_mib"], ratios["inference_memory"], 0),
                 f"{row['train_gflops_per_s']:.0f}",
-                f"{100 * row['fraction_of_dense_conv']:.0f}%",
+                "–" if row["bf16"] else f"{100 * row['fraction_of_dense_conv']:.0f}%",
             ]
         )
     headers = [
@@ -681,6 +736,12 @@ def print_models(models: dict, dense: dict) -> None:
         "of dense conv",
     ]
     print(markdown_table(headers, table))
+    if any(row["bf16"] for row in models["rows"]) and not models["bf16_gradients_correct"]:
+        print(
+            "\nbf16-mixed: this torch computes wrong bf16 weight gradients on this CPU for 3×3×3 "
+            "convolutions over 2×2×2 maps (resnext3d.performance.cpu_bf16_conv_gradients_are_"
+            "correct), stage 4 of a 64³ input: fast, but training diverges, so not a default."
+        )
     for row in models["rows"]:
         if row["compiled"]:
             print(
@@ -705,26 +766,42 @@ def print_models(models: dict, dense: dict) -> None:
     print(markdown_table(["memory format", "GFLOP/s"], rows))
 
 
+ALLOCATOR_NAMES = {"default": "as it is", "returning": "returning freed memory (mallopt)"}
+
+
 def print_checkpointing(checkpointing: dict) -> None:
     shape = "×".join(map(str, checkpointing["input_shape"]))
     print(f"\n## Activation checkpointing: resnext50_32x4d train step on {shape}\n")
     rows = [
         [
             label + noisy(step),
+            ALLOCATOR_NAMES[allocator],
             f"{step['peak_memory_mib']:.0f}",
             f"{step['saved_activations_mib']:.0f}",
             f"{step['median_step_s']:.1f}",
         ]
-        for label, step in (("off", checkpointing["without"]), ("on", checkpointing["with"]))
+        for allocator in ALLOCATOR_NAMES
+        if allocator in checkpointing
+        for label, step in (
+            ("off", checkpointing[allocator]["without"]),
+            ("on", checkpointing[allocator]["with"]),
+        )
     ]
-    headers = ["grad_checkpointing", "train peak MiB", "saved activations MiB", "step s"]
+    headers = ["checkpointing", "allocator", "train peak MiB", "saved activations MiB", "step s"]
     print(markdown_table(headers, rows))
+    print()
+    for allocator, name in ALLOCATOR_NAMES.items():
+        if allocator in checkpointing:
+            measured = checkpointing[allocator]
+            print(
+                f"- allocator {name}: checkpointing saves {measured['memory_saved_percent']:.0f}% "
+                f"of the peak memory and {measured['activations_saved_percent']:.0f}% of the "
+                f"activations kept for the backward pass, for "
+                f"{measured['time_added_percent']:+.0f}% step time."
+            )
     print(
-        f"\nCheckpointing saves {checkpointing['memory_saved_percent']:.0f}% of the peak memory "
-        f"and {checkpointing['activations_saved_percent']:.0f}% of the activations kept for the "
-        f"backward pass, for {checkpointing['time_added_percent']:+.0f}% step time. Weights, "
-        f"gradients and AdamW state take {checkpointing['weights_and_optimizer_mib']:.0f} MiB "
-        "of both peaks."
+        f"\nWeights, gradients and AdamW state take "
+        f"{checkpointing['weights_and_optimizer_mib']:.0f} MiB of every peak."
     )
 
 
@@ -757,8 +834,7 @@ def print_footer(report: dict) -> None:
     measurements = [
         *report["models"]["rows"],
         *report["dense_conv"]["formats"].values(),
-        report["checkpointing"]["without"],
-        report["checkpointing"]["with"],
+        *checkpointing_steps(report["checkpointing"]),
         *report["data_loading"]["pipelines"].values(),
     ]
     if any(noisy(measurement) for measurement in measurements):
@@ -767,6 +843,15 @@ def print_footer(report: dict) -> None:
             "CPUs while this row was measured: its numbers are unreliable, as a busy machine "
             "can slow a step down tenfold."
         )
+
+
+def checkpointing_steps(checkpointing: dict) -> list[dict]:
+    return [
+        checkpointing[allocator][step]
+        for allocator in ALLOCATOR_NAMES
+        if allocator in checkpointing
+        for step in ("without", "with")
+    ]
 
 
 def progress(message: str) -> None:
@@ -815,8 +900,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_models(report["models"], report["dense_conv"])
         report["checkpointing"] = benchmark_checkpointing(settings)
         print_checkpointing(report["checkpointing"])
+        trainable = report["models"]["bf16_gradients_correct"]
         fastest = max(
-            (row for row in report["models"]["rows"] if row["model"] == OURS_DEFAULT.model),
+            (
+                row
+                for row in report["models"]["rows"]
+                if row["model"] == OURS_DEFAULT.model and (trainable or not row["bf16"])
+            ),
             key=lambda row: row["train"]["volumes_per_s"],
         )
         report["data_loading"] = benchmark_loading(settings, fastest["train"]["volumes_per_s"])

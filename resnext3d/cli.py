@@ -16,6 +16,7 @@ from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
 from resnext3d.models.complexity import complexity_table
 from resnext3d.models.registry import PRESETS
+from resnext3d.performance import accelerator_device_type, default_precision
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
@@ -27,6 +28,8 @@ class ResNeXtCLI(LightningCLI):
 
     A run's config, checkpoints, metrics CSV, TensorBoard events, split and predictions all land
     in ``<save_dir>/<name>/<version>`` of its first logger, the version being the start time.
+    A run that leaves ``trainer.precision`` unset gets the fastest measured for its device
+    (:func:`resnext3d.performance.default_precision`).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -48,6 +51,10 @@ class ResNeXtCLI(LightningCLI):
                 logger.init_args.version = version
             if logger.class_path.endswith("WandbLogger"):
                 _keep_wandb_offline_without_key(logger)
+        if config.trainer.precision is None:
+            device_type = accelerator_device_type(config.trainer.accelerator)
+            if device_type is not None:
+                config.trainer.precision = default_precision(device_type)
         if config.trainer.default_root_dir is None:
             first = loggers[0].init_args if loggers else None
             base = Path(first.save_dir) / first.name if first else Path("runs")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from resnext3d.models import count_macs, count_parameters, create_model
+from resnext3d.performance import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 24  # not the --quick default of 16, so that the run shows that --size reaches every model
@@ -24,6 +25,10 @@ MODEL_KEYS = [
     "monai_resnet50_t1",
     "monai_resnet50_t2",
 ]
+# bf16 is measured where the device computes it natively.
+BF16_KEY = "resnext50_32x4d_cl_bf16"
+if torch.cuda.is_available() or cpu_has_native_bf16():
+    MODEL_KEYS.append(BF16_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +59,19 @@ def test_every_section_is_printed_and_saved(quick_run):
         report,
         *report["models"]["rows"],
         *report["dense_conv"]["formats"].values(),
-        report["checkpointing"]["without"],
-        report["checkpointing"]["with"],
+        *checkpointing_steps(report["checkpointing"]),
         *report["data_loading"]["pipelines"].values(),
     ]
     assert all(0 <= m["other_processes_cpu_share"] <= 1 for m in measurements)
     assert report["machine"]["device"] in ("cpu", "cuda")
     assert positive(report["machine"]["cpu_count"])
     assert report["machine"]["torch"] == torch.__version__
+
+
+def checkpointing_steps(checkpointing: dict) -> list[dict]:
+    return [
+        checkpointing[allocator][step] for allocator in ALLOCATORS for step in ("without", "with")
+    ]
 
 
 def test_every_model_row_has_positive_measurements_at_the_requested_size(quick_run):
@@ -108,6 +118,8 @@ def test_flops_are_analytic_and_tell_the_models_apart(quick_run):
         assert rows["resnext50_32x4d"]["macs"] == count_macs(ours, shape)
     # The memory format changes no arithmetic; SE layers add well under 1 %.
     assert rows["resnext50_32x4d_cl"]["macs"] == rows["resnext50_32x4d"]["macs"]
+    if BF16_KEY in rows:
+        assert rows[BF16_KEY]["macs"] == rows["resnext50_32x4d"]["macs"]
     assert rows["monai_seresnext50"]["macs"] == pytest.approx(rows["resnext50_32x4d"]["macs"], 0.01)
     # MONAI resnet50's default stride-1 first convolution is what makes it several times costlier.
     assert rows["monai_resnet50_t1"]["macs"] > 5 * rows["monai_resnet50_t2"]["macs"]
@@ -125,22 +137,30 @@ def test_train_steps_are_compared_with_the_faster_dense_convolution(quick_run):
     assert all(positive(speed) for speed in speeds)
     assert dense["best_gflops_per_s"] == max(speeds)
     for row in report["models"]["rows"]:
+        if row["bf16"]:  # the dense convolution is float32's measure
+            assert row["fraction_of_dense_conv"] is None
+            continue
         assert row["fraction_of_dense_conv"] == pytest.approx(
             row["train_gflops_per_s"] / max(speeds)
         )
 
 
-def test_checkpointing_reports_both_peaks_and_the_share_saved(quick_run):
+ALLOCATORS = ("default", "returning") if not torch.cuda.is_available() else ("default",)
+
+
+def test_checkpointing_reports_both_peaks_and_the_share_saved_per_allocator(quick_run):
     _, report = quick_run
     checkpointing = report["checkpointing"]
     assert checkpointing["input_shape"] == [2, 4, 32, 32, 32]
-    without, with_ = checkpointing["without"], checkpointing["with"]
-    assert positive(without["peak_memory_mib"]) and positive(with_["peak_memory_mib"])
-    assert positive(without["median_step_s"]) and positive(with_["median_step_s"])
-    saved = 100 * (1 - with_["peak_memory_mib"] / without["peak_memory_mib"])
-    assert checkpointing["memory_saved_percent"] == pytest.approx(saved)
-    # What autograd keeps is exact: checkpointing keeps only the stem's and the blocks' inputs.
-    assert 0 < with_["saved_activations_mib"] < without["saved_activations_mib"]
+    for allocator in ALLOCATORS:
+        measured = checkpointing[allocator]
+        without, with_ = measured["without"], measured["with"]
+        assert positive(without["peak_memory_mib"]) and positive(with_["peak_memory_mib"])
+        assert positive(without["median_step_s"]) and positive(with_["median_step_s"])
+        saved = 100 * (1 - with_["peak_memory_mib"] / without["peak_memory_mib"])
+        assert measured["memory_saved_percent"] == pytest.approx(saved)
+        # What autograd keeps is exact: checkpointing keeps only the stem's and blocks' inputs.
+        assert 0 < with_["saved_activations_mib"] < without["saved_activations_mib"]
     parameters = count_parameters(create_model("resnext50_32x4d", in_channels=4, num_classes=2))
     # A float32 weight, its gradient and AdamW's two moments.
     assert checkpointing["weights_and_optimizer_mib"] == pytest.approx(16 * parameters / 2**20)
@@ -149,7 +169,12 @@ def test_checkpointing_reports_both_peaks_and_the_share_saved(quick_run):
 def test_data_loading_covers_both_pipelines_cached_and_not(quick_run):
     _, report = quick_run
     loading = report["data_loading"]
-    ours = [row for row in report["models"]["rows"] if row["model"] == "resnext50_32x4d"]
+    trainable = report["models"]["bf16_gradients_correct"]
+    ours = [
+        row
+        for row in report["models"]["rows"]
+        if row["model"] == "resnext50_32x4d" and (trainable or not row["bf16"])
+    ]
     assert loading["train_volumes_per_s"] == max(row["train"]["volumes_per_s"] for row in ours)
     pipelines = loading["pipelines"]
     assert sorted(pipelines) == [

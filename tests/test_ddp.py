@@ -56,6 +56,8 @@ def write_config(path: Path, trainer: dict, data: dict, norm: str = "batch") -> 
         "seed_everything": 0,
         "trainer": {
             "accelerator": "cpu",
+            # Float32, whatever the CPU: the tolerance is float32 rounding, not bf16's.
+            "precision": "32-true",
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": [

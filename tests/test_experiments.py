@@ -4,8 +4,10 @@ import csv
 from pathlib import Path
 
 import pytest
+import yaml
 
 from resnext3d.cli import _keep_wandb_offline_without_key, main
+from resnext3d.performance import default_precision
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 
@@ -46,6 +48,9 @@ def test_experiment_one_step_epoch_writes_its_run_directory(config, tiny_phantom
     (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
     for written in ("config.yaml", "split.json", "metrics.csv", "checkpoints/last.ckpt"):
         assert (run / written).exists(), written
+    # The configs leave the precision to the device; the run's config records what it got.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == default_precision("cpu")
 
 
 def test_predict_writes_a_row_per_case_of_the_phantom(tiny_phantom, in_tmp_dir):

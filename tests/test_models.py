@@ -186,17 +186,46 @@ def test_basic_blocks_zero_init_their_second_norm():
     )
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("features_only", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(features_only):
     torch.manual_seed(0)
-    model = resnext3d.create_model("resnext14_tiny", in_channels=4, norm="instance").double()
+    model = resnext3d.create_model(
+        "resnext14_tiny", in_channels=4, norm="instance", features_only=features_only
+    ).double()
     x = volume(batch=1, size=48).double()
-    model(x).sum().backward()
+
+    def loss() -> torch.Tensor:
+        output = model(x)
+        return sum(o.sum() for o in output) if features_only else output.sum()
+
+    loss().backward()
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model.set_grad_checkpointing(True)
-    model(x).sum().backward()
+    loss().backward()
     for grad, reference in zip((p.grad for p in model.parameters()), expected, strict=True):
         torch.testing.assert_close(grad, reference)
+
+
+def saved_tensor_shapes(model: torch.nn.Module, x: torch.Tensor) -> set[tuple[int, ...]]:
+    shapes = set()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        shapes.add(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    return shapes
+
+
+def test_gradient_checkpointing_recomputes_the_stem_too():
+    model = resnext3d.create_model("resnext14_tiny", in_channels=4)
+    x = volume(batch=2, size=32)
+    stem_output = (2, 32, 16, 16, 16)  # stem_width channels at stride 2
+    assert stem_output in saved_tensor_shapes(model, x)
+    model.set_grad_checkpointing(True)
+    assert stem_output not in saved_tensor_shapes(model, x)
 
 
 def test_forward_features_and_forward_head_compose_to_forward():

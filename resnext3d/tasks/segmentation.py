@@ -19,6 +19,12 @@ from torchmetrics import MeanMetric
 from resnext3d.callbacks import SegmentationFigures, SegmentationWriter
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.resnext import LayerSpec
+from resnext3d.performance import (
+    ChannelsLast,
+    memory_format,
+    prepare_for_device,
+    uses_channels_last,
+)
 from resnext3d.tasks.optim import configure_optimizers
 
 LOSSES = {"dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}
@@ -47,7 +53,11 @@ class VolumeSegmenter(L.LightningModule):
         threshold: probability above which a voxel belongs to a region.
         optimizer: the optimizer, built from the parameters.
         scheduler: an optional learning-rate schedule, stepped every epoch.
-        channels_last: keep weights and inputs in ``channels_last_3d`` memory format.
+        channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
+            does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
+            :mod:`resnext3d.performance`).
+        compile: compile the network with ``torch.compile`` when training starts: on CPU it made
+            inference 1.2–1.4× faster and training 0–6%, after about a minute of compiling.
     """
 
     def __init__(
@@ -66,7 +76,8 @@ class VolumeSegmenter(L.LightningModule):
         threshold: float = 0.5,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
-        channels_last: bool = False,
+        channels_last: ChannelsLast = "auto",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
@@ -87,13 +98,17 @@ class VolumeSegmenter(L.LightningModule):
         region_loss = LOSSES[loss](sigmoid=True, batch=True)
         self.loss = DeepSupervisionLoss(region_loss) if deep_supervision else region_loss
         self.deep_supervision = deep_supervision
+        self.spatial_dims = encoder.spatial_dims
         self.sliding_window_size = tuple(sliding_window_size)
         self.sliding_window_batch_size = sliding_window_batch_size
         self.overlap = overlap
         self.threshold = threshold
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        # Until setup() knows the device: the CPU, where the module is built.
+        self.memory_format = memory_format(
+            uses_channels_last(channels_last, torch.device("cpu")), self.spatial_dims
+        )
         self.to(memory_format=self.memory_format)
         # torchmetrics means average every case of every rank once; MONAI computes the values.
         names = [name.lower() for name in self.class_names] + ["mean"]
@@ -174,6 +189,17 @@ class VolumeSegmenter(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.predict_probabilities(batch["image"])
+
+    def setup(self, stage: str) -> None:
+        self.memory_format = prepare_for_device(
+            self,
+            self.net,
+            self.hparams.channels_last,
+            self.hparams.compile,
+            self.spatial_dims,
+            self.trainer.strategy.root_device,
+            str(self.trainer.precision),
+        )
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [SegmentationWriter(self.threshold), SegmentationFigures(self.class_names)]

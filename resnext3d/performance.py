@@ -1,0 +1,123 @@
+"""Which precision and memory format train fastest, and correctly, on the device in use.
+
+Measured on a 2-core AMD EPYC with AVX-512 and its BF16 instructions (``make bench`` and the
+figures in the README): ``channels_last_3d`` made a resnext50_32x4d train step on 2×4×64³ 1.5×
+faster, so it is the CPU default. ``bf16-mixed`` made the same step 1.7× faster, but is not the
+default: the oneDNN in torch 2.13 computes wrong bf16 weight gradients for 3×3×3 convolutions
+over maps two voxels wide (stage 4 of a 64³ crop), which sent the brats_cls run to NaN at step 10.
+Without native BF16 instructions bf16 is slow as well: the same CPU restricted by
+``ONEDNN_MAX_CPU_ISA`` ran a 32-group Conv3d in bf16 2.6× slower than in float32 with AVX-512 and
+64× slower with AVX2 alone. On CUDA mixed precision is the usual fast path (tensor cores), and
+channels_last_3d is left to the user until measured there.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+ChannelsLast = bool | Literal["auto"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX on x86)."""
+    capabilities = torch.cpu.get_capabilities()
+    if capabilities.get("architecture") == "x86_64":
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_bf16_conv_gradients_are_correct() -> bool:
+    """Whether bf16 weight gradients of a 3×3×3 convolution over a 2×2×2 map match float32's:
+    the case the oneDNN in torch 2.13 gets wrong (relative error ~1 where bf16 rounding gives
+    ~0.005). Takes milliseconds."""
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv3d(64, 64, 3, padding=1, bias=False)
+    inputs = torch.randn(2, 64, 2, 2, 2, generator=generator)
+    output_grad = torch.randn(2, 64, 2, 2, 2, generator=generator)
+    weight_grads = []
+    for bf16 in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = conv(inputs)
+        (weight_grad,) = torch.autograd.grad(output, conv.weight, output_grad.to(output.dtype))
+        weight_grads.append(weight_grad.float())
+    bf16_grad, float32_grad = weight_grads
+    error = (bf16_grad - float32_grad).abs().max() / float32_grad.abs().max()
+    return bool(error < 0.05)
+
+
+def default_precision(device_type: str) -> str:
+    """The fastest correct Lightning precision for a device type ("cpu", "cuda", ...)."""
+    if device_type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def accelerator_device_type(accelerator: object) -> str | None:
+    """The device type a Trainer's ``accelerator`` argument selects, None when not "cpu" or
+    "cuda" (other accelerators keep Lightning's own defaults)."""
+    if not isinstance(accelerator, str):
+        return None
+    accelerator = accelerator.lower()
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    if accelerator in ("auto", "cpu"):
+        return "cpu"
+    return None
+
+
+def uses_channels_last(setting: ChannelsLast, device: torch.device) -> bool:
+    """``"auto"``: channels-last on CPU, where it was measured faster; contiguous elsewhere."""
+    if setting == "auto":
+        return device.type == "cpu"
+    return setting
+
+
+def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
+def warn_if_slow_precision(precision: str, device: torch.device) -> None:
+    """Warn of bf16 on a CPU that runs it slowly or computes its gradients wrongly."""
+    if device.type != "cpu" or not precision.startswith("bf16"):
+        return
+    if not cpu_has_native_bf16():
+        problem = (
+            "this CPU has no native bfloat16 (AVX512_BF16 or AMX): 3D convolutions in bf16 ran "
+            "2.6× (AVX-512) to 64× (AVX2) slower than in float32 when measured"
+        )
+    elif not cpu_bf16_conv_gradients_are_correct():
+        problem = (
+            "this torch's CPU bf16 convolutions compute wrong weight gradients over maps two "
+            "voxels wide (stage 4 of a 64³ input), which made training diverge to NaN"
+        )
+    else:
+        return
+    warnings.warn(
+        f"precision {precision!r}: {problem}; use --trainer.precision 32-true", stacklevel=2
+    )
+
+
+def prepare_for_device(
+    task: nn.Module,
+    network: nn.Module,
+    channels_last: ChannelsLast,
+    compile_network: bool,
+    spatial_dims: int,
+    device: torch.device,
+    precision: str,
+) -> torch.memory_format:
+    """Put `task`'s weights in the memory format that suits `device`, compile `network` in place
+    if asked (its state-dict keys stay the same), warn of a slow precision; returns the memory
+    format inputs should take."""
+    chosen = memory_format(uses_channels_last(channels_last, device), spatial_dims)
+    task.to(memory_format=chosen)
+    if compile_network:
+        network.compile()
+    warn_if_slow_precision(precision, device)
+    return chosen
