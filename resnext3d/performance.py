@@ -1,14 +1,16 @@
 """Which precision and memory format train fastest, and correctly, on the device in use.
 
-Measured on a 2-core AMD EPYC with AVX-512 and its BF16 instructions (``make bench`` and the
-figures in the README): ``channels_last_3d`` made a resnext50_32x4d train step on 2×4×64³ 1.5×
-faster, so it is the CPU default. ``bf16-mixed`` made the same step 1.7× faster, but is not the
-default: the oneDNN in torch 2.13 computes wrong bf16 weight gradients for 3×3×3 convolutions
-over maps two voxels wide (stage 4 of a 64³ crop), which sent the brats_cls run to NaN at step 10.
-Without native BF16 instructions bf16 is slow as well: the same CPU restricted by
-``ONEDNN_MAX_CPU_ISA`` ran a 32-group Conv3d in bf16 2.6× slower than in float32 with AVX-512 and
-64× slower with AVX2 alone. On CUDA mixed precision is the usual fast path (tensor cores), and
-channels_last_3d is left to the user until measured there.
+Measured on a 2-core AMD EPYC with AVX-512 and its BF16 instructions (``make bench``, figures in
+the README): ``channels_last_3d`` made a resnext50_32x4d train step on 2×4×64³ 1.5× faster and
+``bf16-mixed`` on top of it 1.45× faster again, so both are CPU defaults where bf16 is native.
+The oneDNN in torch 2.13 computes wrong bf16 *weight gradients* for convolutions whose input is
+smaller than the kernel along an axis (3×3×3 over 2×2×2 maps: stage 4 of a 64³ crop; a sweep of
+kernels 1/3/7, strides 1/2, maps 1–8, dense and grouped, both memory formats found no other
+case), which sent a bf16 brats_cls run to NaN at step 10; :class:`TinyMapSafeConv3d` computes
+those few tiny convolutions in float32. Without native BF16 instructions bf16 is slow: the same
+CPU restricted by ``ONEDNN_MAX_CPU_ISA`` ran a 32-group Conv3d in bf16 2.6× slower than in
+float32 with AVX-512 and 64× slower with AVX2 alone. On CUDA mixed precision is the usual fast
+path (tensor cores); channels_last_3d there is left to the user until measured.
 """
 
 from __future__ import annotations
@@ -53,7 +55,32 @@ def default_precision(device_type: str) -> str:
     """The fastest correct Lightning precision for a device type ("cpu", "cuda", ...)."""
     if device_type == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if device_type == "cpu" and cpu_has_native_bf16():
+        return "bf16-mixed"
     return "32-true"
+
+
+class TinyMapSafeConv3d(nn.Conv3d):
+    """A Conv3d that, under CPU bf16 autocast, computes in float32 when its input is smaller
+    than its kernel along an axis: oneDNN's bf16 weight gradients are wrong there (see
+    :func:`cpu_bf16_conv_gradients_are_correct`). Such maps are tiny, so float32 costs little."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        tiny = any(
+            size < kernel for size, kernel in zip(input.shape[2:], self.kernel_size, strict=True)
+        )
+        if tiny and input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(input.float())
+        return super().forward(input)
+
+
+def guard_tiny_convolutions(network: nn.Module) -> None:
+    """Make every Conv3d of `network` a :class:`TinyMapSafeConv3d`, in place: the same weights
+    and state-dict keys."""
+    for module in network.modules():
+        if type(module) is nn.Conv3d:
+            module.__class__ = TinyMapSafeConv3d
 
 
 def accelerator_device_type(accelerator: object) -> str | None:
@@ -83,24 +110,13 @@ def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format
 
 
 def warn_if_slow_precision(precision: str, device: torch.device) -> None:
-    """Warn of bf16 on a CPU that runs it slowly or computes its gradients wrongly."""
-    if device.type != "cpu" or not precision.startswith("bf16"):
-        return
-    if not cpu_has_native_bf16():
-        problem = (
-            "this CPU has no native bfloat16 (AVX512_BF16 or AMX): 3D convolutions in bf16 ran "
-            "2.6× (AVX-512) to 64× (AVX2) slower than in float32 when measured"
+    if device.type == "cpu" and precision.startswith("bf16") and not cpu_has_native_bf16():
+        warnings.warn(
+            f"precision {precision!r} on a CPU without native bfloat16 (AVX512_BF16 or AMX): "
+            "3D convolutions in bf16 ran 2.6× (AVX-512) to 64× (AVX2) slower than in float32 "
+            "when measured; use --trainer.precision 32-true",
+            stacklevel=2,
         )
-    elif not cpu_bf16_conv_gradients_are_correct():
-        problem = (
-            "this torch's CPU bf16 convolutions compute wrong weight gradients over maps two "
-            "voxels wide (stage 4 of a 64³ input), which made training diverge to NaN"
-        )
-    else:
-        return
-    warnings.warn(
-        f"precision {precision!r}: {problem}; use --trainer.precision 32-true", stacklevel=2
-    )
 
 
 def prepare_for_device(
@@ -112,11 +128,14 @@ def prepare_for_device(
     device: torch.device,
     precision: str,
 ) -> torch.memory_format:
-    """Put `task`'s weights in the memory format that suits `device`, compile `network` in place
-    if asked (its state-dict keys stay the same), warn of a slow precision; returns the memory
-    format inputs should take."""
+    """Put `task`'s weights in the memory format that suits `device`, keep its tiny
+    convolutions correct under CPU bf16, compile `network` in place if asked (its state-dict keys
+    stay the same), warn of a slow precision; returns the memory format inputs should take."""
     chosen = memory_format(uses_channels_last(channels_last, device), spatial_dims)
     task.to(memory_format=chosen)
+    cpu_bf16 = device.type == "cpu" and precision.startswith("bf16")
+    if cpu_bf16 and not cpu_bf16_conv_gradients_are_correct():
+        guard_tiny_convolutions(task)
     if compile_network:
         network.compile()
     warn_if_slow_precision(precision, device)

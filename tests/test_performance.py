@@ -9,9 +9,11 @@ from toy_data import ToyVolumes
 
 from resnext3d import create_model, performance
 from resnext3d.performance import (
+    TinyMapSafeConv3d,
     accelerator_device_type,
     cpu_has_native_bf16,
     default_precision,
+    guard_tiny_convolutions,
     uses_channels_last,
     warn_if_slow_precision,
 )
@@ -31,8 +33,8 @@ def test_cpu_bf16_is_native_only_with_its_instructions(native_bf16):
     assert cpu_has_native_bf16() is native_bf16
 
 
-def test_cpu_precision_is_float32_even_with_native_bf16(native_bf16):
-    assert default_precision("cpu") == "32-true"
+def test_cpu_precision_is_bf16_mixed_only_where_bf16_is_native(native_bf16):
+    assert default_precision("cpu") == ("bf16-mixed" if native_bf16 else "32-true")
 
 
 @pytest.mark.parametrize("bf16", [True, False])
@@ -48,20 +50,11 @@ def bf16_warnings(precision: str = "bf16-mixed") -> list[str]:
     return [str(warning.message) for warning in caught]
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slow(monkeypatch):
-    monkeypatch.setattr(performance, "cpu_has_native_bf16", lambda: False)
-    (message,) = bf16_warnings()
-    assert "slower" in message and "--trainer.precision 32-true" in message
-    assert bf16_warnings("32-true") == []
-
-
-@pytest.mark.parametrize("correct", [True, False])
-def test_bf16_on_a_cpu_with_native_bf16_warns_only_of_wrong_gradients(monkeypatch, correct):
-    monkeypatch.setattr(performance, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(performance, "cpu_bf16_conv_gradients_are_correct", lambda: correct)
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slow(native_bf16):
     messages = bf16_warnings()
-    assert len(messages) == (0 if correct else 1)
-    assert all("wrong weight gradients" in message for message in messages)
+    assert len(messages) == (0 if native_bf16 else 1)
+    assert all("slower" in m and "--trainer.precision 32-true" in m for m in messages)
+    assert bf16_warnings("32-true") == []
 
 
 def patch_conv3d_under_autocast(monkeypatch, scale: float) -> None:
@@ -81,6 +74,38 @@ def patch_conv3d_under_autocast(monkeypatch, scale: float) -> None:
 def test_the_bf16_gradient_probe_tells_right_gradients_from_wrong(monkeypatch, scale, correct):
     patch_conv3d_under_autocast(monkeypatch, scale)
     assert performance.cpu_bf16_conv_gradients_are_correct() is correct
+
+
+def bf16_step(conv: torch.nn.Conv3d, inputs: torch.Tensor) -> tuple[torch.dtype, torch.Tensor]:
+    """The output dtype and the weight gradient of `conv` under CPU bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = conv(inputs)
+    (weight_grad,) = torch.autograd.grad(output.float().sum(), conv.weight)
+    return output.dtype, weight_grad
+
+
+def maps(channels: int, size: int) -> torch.Tensor:
+    return torch.randn(2, channels, size, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def test_guarded_convolutions_compute_tiny_maps_in_float32_and_the_rest_in_bf16():
+    model = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    keys = set(model.state_dict())
+    guard_tiny_convolutions(model)
+    assert set(model.state_dict()) == keys
+    assert all(type(module) is not torch.nn.Conv3d for module in model.modules())
+    conv = model.layer4[0].conv2  # 3×3×3
+    assert isinstance(conv, TinyMapSafeConv3d)
+    assert bf16_step(conv, maps(conv.in_channels, 2))[0] == torch.float32
+    assert bf16_step(conv, maps(conv.in_channels, 3))[0] == torch.bfloat16
+
+
+def test_guarded_tiny_map_gradients_match_float32():
+    conv = TinyMapSafeConv3d(64, 64, 3, padding=1, bias=False)
+    inputs = maps(64, 2)
+    _, guarded = bf16_step(conv, inputs)
+    (expected,) = torch.autograd.grad(conv(inputs).sum(), conv.weight)
+    torch.testing.assert_close(guarded, expected)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +169,29 @@ def test_compile_compiles_the_network_in_place_and_keeps_checkpoint_keys(tmp_pat
     fit_one_step(task, ToyVolumes(cases=4), tmp_path)
     assert task.encoder._compiled_call_impl is not None
     assert set(task.state_dict()) == keys  # no "_orig_mod." prefix: plain checkpoints load
+
+
+def test_the_default_optimizer_is_fused_adamw():
+    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    optimizer = VolumeClassifier(encoder).configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize("library_correct", [True, False])
+def test_cpu_bf16_guards_tiny_convolutions_only_where_the_library_needs_it(
+    monkeypatch, library_correct
+):
+    monkeypatch.setattr(performance, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(performance, "cpu_bf16_conv_gradients_are_correct", lambda: library_correct)
+    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    task = VolumeClassifier(encoder)
+    performance.prepare_for_device(task, encoder, "auto", False, 3, CPU, "bf16-mixed")
+    guarded = isinstance(encoder.conv1, TinyMapSafeConv3d)
+    assert guarded is not library_correct
+
+
+def test_tasks_return_float32_logits_under_bf16_autocast():
+    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = VolumeClassifier(encoder)(torch.randn(2, 4, 16, 16, 16))
+    assert logits.dtype == torch.float32

@@ -23,7 +23,7 @@ from resnext3d.performance import (
     prepare_for_device,
     uses_channels_last,
 )
-from resnext3d.tasks.optim import configure_optimizers
+from resnext3d.tasks.optim import configure_optimizers, fused_adamw
 
 
 class VolumeClassifier(L.LightningModule):
@@ -37,7 +37,7 @@ class VolumeClassifier(L.LightningModule):
         class_weights: cross-entropy weight of each class, for imbalanced data.
         label_smoothing: cross-entropy label smoothing.
         head_dropout: dropout before the linear head.
-        optimizer: the optimizer, built from the parameters.
+        optimizer: the optimizer, built from the parameters (default: fused AdamW).
         scheduler: an optional learning-rate schedule, stepped every epoch.
         channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
             does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
@@ -54,7 +54,7 @@ class VolumeClassifier(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         head_dropout: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
@@ -95,7 +95,9 @@ class VolumeClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(image.contiguous(memory_format=self.memory_format)))
+        features = self.encoder(image.contiguous(memory_format=self.memory_format))
+        # Float32 logits under mixed precision too: the loss, softmax and metrics need them.
+        return self.head(features).float()
 
     def _shared_step(self, batch: dict, stage: str, metrics: MetricCollection) -> torch.Tensor:
         logits = self(batch["image"])
