@@ -707,7 +707,8 @@ def print_header(machine: dict, settings: Settings) -> None:
         f"MONAI {machine['monai']}, Lightning {machine['lightning']}; {machine['date']}"
     )
     print(
-        f"- steps: fused AdamW, cross-entropy, float32 unless bf16-mixed; each model in a fresh process, in up to "
+        "- steps: fused AdamW, cross-entropy, float32 unless bf16-mixed; each model in a fresh "
+        "process, in up to "
         f"{settings.rounds} rounds of {schedule.warmup_steps} warm-up and up to "
         f"{schedule.timed_steps} timed steps ({schedule.budget_s:.0f} s at most); "
         "the median of the timed steps"

@@ -17,16 +17,11 @@ from torchmetrics.classification import (
 )
 
 from resnext3d.callbacks import ClassPredictionWriter
-from resnext3d.performance import (
-    ChannelsLast,
-    memory_format,
-    prepare_for_device,
-    uses_channels_last,
-)
-from resnext3d.tasks.optim import configure_optimizers, fused_adamw
+from resnext3d.performance import ChannelsLast
+from resnext3d.tasks.base import VolumeTask, fused_adamw
 
 
-class VolumeClassifier(L.LightningModule):
+class VolumeClassifier(VolumeTask):
     """Classifies whole volumes; logs ``{train,val,test}/{loss,acc,balanced_acc,auroc,f1}``.
 
     Args:
@@ -59,7 +54,7 @@ class VolumeClassifier(L.LightningModule):
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, channels_last, compile)
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(
@@ -74,13 +69,6 @@ class VolumeClassifier(L.LightningModule):
         )
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        # Until setup() knows the device: the CPU, where the module is built.
-        self.memory_format = memory_format(
-            uses_channels_last(channels_last, torch.device("cpu")), self.spatial_dims
-        )
-        self.to(memory_format=self.memory_format)
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -123,19 +111,10 @@ class VolumeClassifier(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"case_id": list(batch["case_id"]), "probabilities": self(batch["image"]).softmax(1)}
 
-    def setup(self, stage: str) -> None:
-        self.memory_format = prepare_for_device(
-            self,
-            self.encoder,
-            self.hparams.channels_last,
-            self.hparams.compile,
-            self.spatial_dims,
-            self.trainer.strategy.root_device,
-            str(self.trainer.precision),
-        )
+    @property
+    def network(self) -> nn.Module:
+        """What ``compile`` compiles: the encoder: the head is a single linear layer."""
+        return self.encoder
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [ClassPredictionWriter()]
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer, self.scheduler)

@@ -19,18 +19,13 @@ from torchmetrics import MeanMetric
 from resnext3d.callbacks import SegmentationFigures, SegmentationWriter
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.resnext import LayerSpec
-from resnext3d.performance import (
-    ChannelsLast,
-    memory_format,
-    prepare_for_device,
-    uses_channels_last,
-)
-from resnext3d.tasks.optim import configure_optimizers, fused_adamw
+from resnext3d.performance import ChannelsLast
+from resnext3d.tasks.base import VolumeTask, fused_adamw
 
 LOSSES = {"dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}
 
 
-class VolumeSegmenter(L.LightningModule):
+class VolumeSegmenter(VolumeTask):
     """Segments volumes into ``num_classes`` possibly overlapping regions, one sigmoid each.
 
     Logs ``{train,val,test}/loss`` and, per region, ``val/dice_<region>``, ``val/hd95_<region>``
@@ -79,7 +74,7 @@ class VolumeSegmenter(L.LightningModule):
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, channels_last, compile)
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if len(self.class_names) != num_classes:
@@ -103,13 +98,6 @@ class VolumeSegmenter(L.LightningModule):
         self.sliding_window_batch_size = sliding_window_batch_size
         self.overlap = overlap
         self.threshold = threshold
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        # Until setup() knows the device: the CPU, where the module is built.
-        self.memory_format = memory_format(
-            uses_channels_last(channels_last, torch.device("cpu")), self.spatial_dims
-        )
-        self.to(memory_format=self.memory_format)
         # torchmetrics means average every case of every rank once; MONAI computes the values.
         names = [name.lower() for name in self.class_names] + ["mean"]
         self.epoch_means = nn.ModuleDict(
@@ -191,22 +179,13 @@ class VolumeSegmenter(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.predict_probabilities(batch["image"])
 
-    def setup(self, stage: str) -> None:
-        self.memory_format = prepare_for_device(
-            self,
-            self.net,
-            self.hparams.channels_last,
-            self.hparams.compile,
-            self.spatial_dims,
-            self.trainer.strategy.root_device,
-            str(self.trainer.precision),
-        )
+    @property
+    def network(self) -> nn.Module:
+        """What ``compile`` compiles: the UNet."""
+        return self.net
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [SegmentationWriter(self.threshold), SegmentationFigures(self.class_names)]
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer, self.scheduler)
 
 
 def _voxel_spacing(image: torch.Tensor) -> list[float] | None:
