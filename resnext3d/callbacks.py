@@ -38,9 +38,8 @@ class ClassPredictionWriter(BasePredictionWriter):
         self.directory = run_dir(trainer)  # a collective call: every rank makes it, here
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        batches = predictions
-        case_ids = [case for batch in batches for case in batch["case_id"]]
-        probabilities = torch.cat([batch["probabilities"] for batch in batches])
+        case_ids = [case for batch in predictions for case in batch["case_id"]]
+        probabilities = torch.cat([batch["probabilities"] for batch in predictions])
         case_ids, probabilities = _gather(trainer, case_ids, probabilities)
         if not trainer.is_global_zero:
             return
@@ -85,14 +84,17 @@ class SegmentationWriter(BasePredictionWriter):
         # Here, not per batch: ranks may predict different numbers of batches, and finding the
         # directory is a collective call.
         self.directory = run_dir(trainer) / "predictions"
+        if stage == "predict":
+            self._invert = Invertd(
+                "prediction", trainer.datamodule.predict_transforms, orig_keys="image"
+            )
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
-        invert = Invertd("prediction", trainer.datamodule.predict_transforms, orig_keys="image")
         self.directory.mkdir(parents=True, exist_ok=True)
         for item in decollate_batch({**batch, "prediction": prediction.detach().cpu()}):
-            inverted = invert(item)["prediction"]
+            inverted = self._invert(item)["prediction"]
             labels = regions_to_labels(inverted, item["release"], self.threshold)
             image = nib.Nifti1Image(labels[0].numpy().astype(np.uint8), inverted.affine.numpy())
             nib.save(image, self.directory / f"{item['case_id']}_seg.nii.gz")

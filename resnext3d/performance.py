@@ -15,6 +15,7 @@ path (tensor cores); channels_last_3d there is left to the user until measured.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Literal
 
@@ -32,10 +33,11 @@ def cpu_has_native_bf16() -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+@functools.cache
 def cpu_bf16_conv_gradients_are_correct() -> bool:
     """Whether bf16 weight gradients of a 3×3×3 convolution over a 2×2×2 map match float32's:
     the case the oneDNN in torch 2.13 gets wrong (relative error ~1 where bf16 rounding gives
-    ~0.005). Takes milliseconds."""
+    ~0.005). Asked once per process: the answer is the installed torch's."""
     generator = torch.Generator().manual_seed(0)
     conv = nn.Conv3d(64, 64, 3, padding=1, bias=False)
     inputs = torch.randn(2, 64, 2, 2, 2, generator=generator)

@@ -70,8 +70,18 @@ def patch_conv3d_under_autocast(monkeypatch, scale: float) -> None:
     monkeypatch.setattr(torch.nn.functional, "conv3d", patched)
 
 
+@pytest.fixture
+def uncached_probe():
+    """The probe answers once per process; these tests ask it under patched convolutions."""
+    performance.cpu_bf16_conv_gradients_are_correct.cache_clear()
+    yield
+    performance.cpu_bf16_conv_gradients_are_correct.cache_clear()
+
+
 @pytest.mark.parametrize(("scale", "correct"), [(1.0, True), (1.5, False)])
-def test_the_bf16_gradient_probe_tells_right_gradients_from_wrong(monkeypatch, scale, correct):
+def test_the_bf16_gradient_probe_tells_right_gradients_from_wrong(
+    monkeypatch, uncached_probe, scale, correct
+):
     patch_conv3d_under_autocast(monkeypatch, scale)
     assert performance.cpu_bf16_conv_gradients_are_correct() is correct
 

@@ -96,8 +96,5 @@ class BratsSegmentationData(BratsDataModule):
         # Whole volumes differ in size: one per batch.
         return self._loader(self._datasets["val"], batch_size=1)
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["predict"], batch_size=1)

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -32,13 +32,7 @@ class VolumeClassifier(VolumeTask):
         class_weights: cross-entropy weight of each class, for imbalanced data.
         label_smoothing: cross-entropy label smoothing.
         head_dropout: dropout before the linear head.
-        optimizer: the optimizer, built from the parameters (default: fused AdamW).
-        scheduler: an optional learning-rate schedule, stepped every epoch.
-        channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
-            does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
-            :mod:`resnext3d.performance`).
-        compile: compile the network with ``torch.compile`` when training starts: on CPU it made
-            inference 1.2–1.4× faster and training 0–6%, after about a minute of compiling.
+        optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
     def __init__(
@@ -77,7 +71,6 @@ class VolumeClassifier(VolumeTask):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
         )
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -92,10 +85,7 @@ class VolumeClassifier(VolumeTask):
         loss = self.loss(logits, batch["label"])
         metrics.update(logits.softmax(dim=1), batch["label"])
         batch_size = len(batch["label"])
-        # A torchmetrics mean weighs every volume of every rank once, however batches fall.
-        mean_loss = self.losses[f"{stage}_loss"]
-        mean_loss.update(loss.detach(), weight=batch_size)
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log_loss(stage, loss, batch_size)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 
@@ -113,7 +103,7 @@ class VolumeClassifier(VolumeTask):
 
     @property
     def network(self) -> nn.Module:
-        """What ``compile`` compiles: the encoder: the head is a single linear layer."""
+        """What ``compile`` compiles: the encoder (the head is one linear layer)."""
         return self.encoder
 
     def configure_callbacks(self) -> list[L.Callback]:

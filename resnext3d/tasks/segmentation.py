@@ -46,13 +46,7 @@ class VolumeSegmenter(VolumeTask):
         sliding_window_batch_size: windows run at once.
         overlap: overlap of neighbouring windows.
         threshold: probability above which a voxel belongs to a region.
-        optimizer: the optimizer, built from the parameters (default: fused AdamW).
-        scheduler: an optional learning-rate schedule, stepped every epoch.
-        channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
-            does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
-            :mod:`resnext3d.performance`).
-        compile: compile the network with ``torch.compile`` when training starts: on CPU it made
-            inference 1.2–1.4× faster and training 0–6%, after about a minute of compiling.
+        optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
     def __init__(
@@ -102,13 +96,10 @@ class VolumeSegmenter(VolumeTask):
         names = [name.lower() for name in self.class_names] + ["mean"]
         self.epoch_means = nn.ModuleDict(
             {
-                **{f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")},
-                **{
-                    f"{stage}_{kind}_{name}": MeanMetric(nan_strategy="ignore")
-                    for stage in ("val", "test")
-                    for kind in ("dice", "hd95")
-                    for name in names
-                },
+                f"{stage}_{kind}_{name}": MeanMetric(nan_strategy="ignore")
+                for stage in ("val", "test")
+                for kind in ("dice", "hd95")
+                for name in names
             }
         )
 
@@ -123,8 +114,7 @@ class VolumeSegmenter(VolumeTask):
             loss = self.loss(list(torch.unbind(logits, dim=1)), targets)
         else:
             loss = self.loss(logits, targets)
-        self.epoch_means["train_loss"].update(loss.detach(), weight=len(targets))
-        self.log("train/loss", self.epoch_means["train_loss"], on_step=False, on_epoch=True)
+        self.log_loss("train", loss, len(targets))
         return loss
 
     def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -145,7 +135,7 @@ class VolumeSegmenter(VolumeTask):
         loss = self.loss.loss if self.deep_supervision else self.loss
         # The loss takes logits; recover them from the blended probabilities.
         value = loss(torch.logit(probabilities.clamp(1e-6, 1 - 1e-6)), targets)
-        self.epoch_means[f"{stage}_loss"].update(value, weight=len(targets))
+        self.log_loss(stage, value, len(targets))
         masks = (probabilities > self.threshold).float()
         dice = compute_dice(masks, targets, include_background=True, ignore_empty=False)
         with warnings.catch_warnings():
