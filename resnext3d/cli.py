@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from resnext3d.performance import accelerator_device_type, default_precision
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
 RUN_VERSION_VARIABLE = "RESNEXT3D_RUN_VERSION"
+_RUN_NUMBERS = itertools.count()
 
 
 class ResNeXtCLI(LightningCLI):
@@ -67,7 +69,8 @@ def _run_version() -> str:
     Processes that Lightning's DDP launcher starts inherit the launching process's version, as do
     those of a user who sets RESNEXT3D_RUN_VERSION; the tasks of a SLURM job share its id (a
     requeued job continues in its directory), those of a torchrun its run id. Otherwise it is the
-    start time.
+    start time and process id, numbered from the second run of a process on: two runs of one
+    process can start within the same second.
     """
     inherited = os.environ.get(RUN_VERSION_VARIABLE)
     if inherited:
@@ -77,7 +80,9 @@ def _run_version() -> str:
     elif "TORCHELASTIC_RUN_ID" in os.environ:
         version = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
     else:
+        run_number = next(_RUN_NUMBERS)
         version = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        version += f"-{run_number}" if run_number else ""
     os.environ[RUN_VERSION_VARIABLE] = version
     return version
 

@@ -1,6 +1,7 @@
 """Every process of one run agrees on its directory; separate runs never share one."""
 
 import os
+import time
 
 import pytest
 
@@ -17,8 +18,17 @@ def clean_environment(monkeypatch):
 
 def test_workers_inherit_the_launching_process_version(monkeypatch):
     launched = _run_version()
-    assert launched.count("-") == 2  # start time and process id
+    assert launched.count("-") in (2, 3)  # start time, process id, and run number after the first
     assert _run_version() == launched  # what a worker started with this environment sees
+
+
+def test_runs_of_one_process_in_the_same_second_get_their_own_versions(monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda _format: "20261129-120000")
+    versions = set()
+    for _ in range(3):
+        versions.add(_run_version())
+        os.environ.pop(RUN_VERSION_VARIABLE)  # as the CLI does when a run ends
+    assert len(versions) == 3
 
 
 @pytest.mark.parametrize(
