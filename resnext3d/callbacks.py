@@ -118,7 +118,10 @@ class SegmentationFigures(Callback):
         if batch_idx == 0 and trainer.is_global_zero:
             self._sample = {
                 "case_id": batch["case_id"][0],
-                **{key: outputs[key][0].detach().float().cpu() for key in outputs},
+                **{
+                    key: outputs[key][0].detach().float().cpu()
+                    for key in ("image", "label", "prediction")
+                },
             }
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:

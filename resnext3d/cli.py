@@ -10,14 +10,28 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
+from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
 from resnext3d.models.complexity import complexity_table
 from resnext3d.models.registry import PRESETS
 from resnext3d.performance import accelerator_device_type, default_precision
+from resnext3d.training import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    NonFiniteError,
+    NonFiniteGuard,
+    check_checkpoint_task,
+    check_checkpoint_weights,
+    prepare_resume,
+    read_checkpoint,
+)
+from resnext3d.training.checkpoints import resume_files
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
@@ -29,10 +43,18 @@ class ResNeXtCLI(LightningCLI):
     """Lightning's CLI with the data-to-model links and one directory per run.
 
     A run's config, checkpoints, metrics CSV, TensorBoard events, split and predictions all land
-    in ``<save_dir>/<name>/<version>`` of its first logger, the version being the start time.
-    A run that leaves ``trainer.precision`` unset gets the fastest measured for its device
-    (:func:`resnext3d.performance.default_precision`).
+    in ``<save_dir>/<name>/<version>`` of its first logger, the version being the start time;
+    a resumed run (`resume_dir`) continues in its own. A run that leaves ``trainer.precision``
+    unset gets the fastest measured for its device
+    (:func:`resnext3d.performance.default_precision`). Every run has a
+    :class:`~resnext3d.training.NonFiniteGuard` (configured under ``nonfinite``) and writes its
+    checkpoints atomically (:class:`~resnext3d.training.AtomicCheckpointIO`); a checkpoint given
+    with ``--ckpt_path`` is checked against the run's model before anything starts.
     """
+
+    def __init__(self, *args, resume_dir: Path | None = None, **kwargs) -> None:
+        self.resume_dir = resume_dir
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in (
@@ -41,23 +63,66 @@ class ResNeXtCLI(LightningCLI):
             ("data.in_channels", "model.init_args.encoder.init_args.in_channels"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before Lightning merges the checkpoint's hyperparameters into the config, where a
+        # checkpoint of another task fails as an unreadable type error.
+        path = self._ckpt_path()
+        if path is not None:
+            self._checkpoint = read_checkpoint(path)
+            check_checkpoint_task(
+                path, self._checkpoint, self._subcommand_config().model.class_path
+            )
+
+    def after_instantiate_classes(self) -> None:
+        path = self._ckpt_path()
+        if path is not None:
+            check_checkpoint_weights(path, self._checkpoint, self.model)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _subcommand_config(self):
+        # Called from parse_arguments too, before LightningCLI sets self.subcommand.
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
+    def _ckpt_path(self) -> str | None:
+        return self._subcommand_config().get("ckpt_path")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._subcommand_config()
         version = _run_version()
         loggers = config.trainer.logger
         loggers = loggers if isinstance(loggers, list) else [loggers]
         loggers = [lg for lg in loggers if hasattr(lg, "init_args")]
         for logger in loggers:
-            if getattr(logger.init_args, "version", None) is None:
-                logger.init_args.version = version
+            if self.resume_dir is not None:  # wherever the run is resumed from
+                logger.init_args.save_dir = str(self.resume_dir.parent.parent)
+                logger.init_args.name = self.resume_dir.parent.name
+                logger.init_args.version = self.resume_dir.name
+            else:
+                if getattr(logger.init_args, "version", None) is None:
+                    logger.init_args.version = version
+                # Absolute: the checkpoints' directory is recorded in them, and a resumed run
+                # keeps its best and top-k scores only if its directory is the same string.
+                if getattr(logger.init_args, "save_dir", None):
+                    logger.init_args.save_dir = str(Path(logger.init_args.save_dir).resolve())
             if logger.class_path.endswith("WandbLogger"):
                 _keep_wandb_offline_without_key(logger)
         if config.trainer.precision is None:
             device_type = accelerator_device_type(config.trainer.accelerator)
             if device_type is not None:
                 config.trainer.precision = default_precision(device_type)
-        if config.trainer.default_root_dir is None:
+        if self.resume_dir is not None:
+            config.trainer.default_root_dir = str(self.resume_dir)
+        elif config.trainer.default_root_dir is None:
             first = loggers[0].init_args if loggers else None
             base = Path(first.save_dir) / first.name if first else Path("runs")
             config.trainer.default_root_dir = str(base / str(first.version if first else version))
@@ -119,18 +184,50 @@ def lightning_main(argv: list[str] | None) -> None:
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
     launching = RUN_VERSION_VARIABLE not in os.environ
+    args = list(sys.argv[1:] if argv is None else argv)
+    args, resume_dir = _resume_arguments(args, prepare=launching)
+    if resume_dir is not None:
+        os.environ[RUN_VERSION_VARIABLE] = resume_dir.name  # DDP workers resume there too
     try:
         ResNeXtCLI(
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=argv,
+            args=args,
             auto_configure_optimizers=False,
-            # A requeued SLURM job resumes in its own directory, where its config already is.
-            save_config_kwargs={"overwrite": _is_requeued_slurm_job()},
+            # A resumed run, or a requeued SLURM job, continues in its own directory, where its
+            # config already is (the resumed one keeps the earlier config beside it).
+            save_config_kwargs={"overwrite": resume_dir is not None or _is_requeued_slurm_job()},
+            resume_dir=resume_dir,
         )
     finally:
         if launching:  # the next run of this process, or a process it starts, is another run
             os.environ.pop(RUN_VERSION_VARIABLE, None)
+
+
+def _resume_arguments(args: list[str], prepare: bool) -> tuple[list[str], Path | None]:
+    """``fit --resume RUN_DIR [overrides]`` as ``fit --config RUN_DIR/config.yaml --ckpt_path
+    RUN_DIR/checkpoints/last.ckpt [overrides]``; `prepare` readies the run directory (once, in
+    the process that launches the run, not in each DDP worker)."""
+    for index, arg in enumerate(args):
+        if arg == "--resume" or arg.startswith("--resume="):
+            value = arg.partition("=")[2] if "=" in arg else None
+            end = index + 1 if value is not None else index + 2
+            if value is None:
+                if index + 1 >= len(args):
+                    raise CheckpointError("--resume needs a run directory")
+                value = args[index + 1]
+            break
+    else:
+        return args, None
+    rest = args[:index] + args[end:]
+    if rest[:1] != ["fit"] or "--config" in rest or "--ckpt_path" in rest:
+        raise CheckpointError(
+            "--resume RUN_DIR goes with fit alone (resnext3d fit --resume RUN_DIR [overrides]): "
+            "the run's own config and last checkpoint are used"
+        )
+    run_dir = Path(value).resolve()
+    config, last = prepare_resume(run_dir) if prepare else resume_files(run_dir)
+    return ["fit", "--config", str(config), "--ckpt_path", str(last), *rest[1:]], run_dir
 
 
 def models_command(argv: list[str]) -> None:
@@ -218,7 +315,12 @@ def main(argv: list[str] | None = None) -> None:
         TOOLS[args[0]](args[1:])
         return
     if args[0] in LIGHTNING_COMMANDS:
-        lightning_main(argv)
+        try:
+            lightning_main(argv)
+        except (DataError, CheckpointError, NonFiniteError) as error:
+            # The message names the file or the step; a traceback would bury it.
+            print(f"resnext3d {args[0]}: error: {error}", file=sys.stderr)
+            sys.exit(1)
         return
     print(f"resnext3d: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
     sys.exit(2)

@@ -59,8 +59,11 @@ def test_validation_images_are_deterministic_and_training_ones_augmented(phantom
     data.setup("fit")
     val = data.val_dataloader().dataset
     assert torch.equal(val[0]["image"], val[0]["image"])
+    # The training loader draws (index, seed) pairs: an item's augmentation is its seed's.
     train = data.train_dataloader().dataset
-    assert not all(torch.equal(train[0]["image"], train[0]["image"]) for _ in range(3))
+    augmented = train[(0, 1)]["image"]
+    assert torch.equal(augmented, train[(0, 1)]["image"])
+    assert not all(torch.equal(augmented, train[(0, seed)]["image"]) for seed in (2, 3, 4))
 
 
 def test_fold_and_predict_split(phantom_dir):

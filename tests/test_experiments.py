@@ -4,6 +4,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from resnext3d.cli import _keep_wandb_offline_without_key, main
@@ -51,6 +52,27 @@ def test_experiment_one_step_epoch_writes_its_run_directory(config, tiny_phantom
     # The configs leave the precision to the device; the run's config records what it got.
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == default_precision("cpu")
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
+def test_a_checkpoint_validates_tests_predicts_and_resumes_through_the_cli(
+    config, tiny_phantom, in_tmp_dir
+):
+    experiment = ["--config", str(config), *small_data(tiny_phantom)]
+    main(["fit", *experiment, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
+    (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
+    last = run / "checkpoints" / "last.ckpt"
+    # Tensors and plain Python values only: no MONAI MetaTensor, no pickled object.
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 1
+    for command in ("validate", "test", "predict"):
+        main([command, *experiment, "--ckpt_path", str(last)])
+    runs = set((in_tmp_dir / "runs" / config.stem).iterdir())
+    resume = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1"]
+    main(["fit", "--resume", str(run), *resume])
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert set((in_tmp_dir / "runs" / config.stem).iterdir()) == runs  # resumed in place
+    assert (run / "config.1.yaml").is_file()
 
 
 def test_predict_writes_a_row_per_case_of_the_phantom(tiny_phantom, in_tmp_dir):

@@ -19,11 +19,19 @@ TINY_ENCODER = {
 
 
 class ToyVolumes(L.LightningDataModule):
+    """`nan_case`: the index of a training case with one NaN voxel (validation stays clean)."""
+
     def __init__(
-        self, size: int = 32, cases: int = 8, batch_size: int = 2, shuffle: bool = True
+        self,
+        size: int = 32,
+        cases: int = 8,
+        batch_size: int = 2,
+        shuffle: bool = True,
+        nan_case: int | None = None,
     ) -> None:
         super().__init__()
         self.size, self.cases, self.batch_size, self.shuffle = size, cases, batch_size, shuffle
+        self.nan_case = nan_case
         self.num_classes, self.in_channels, self.class_names = 2, 4, ["LGG", "HGG"]
 
     def _items(self) -> list[dict]:
@@ -39,6 +47,8 @@ class ToyVolumes(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         items = self._items()
+        if self.nan_case is not None:
+            items[self.nan_case]["image"][1, 0, 0, 0] = float("nan")
         # Lightning shuffles training data under DDP unless given its own distributed sampler;
         # an unshuffled one gives two ranks of batch b the global batches of one rank of 2b.
         sampler = None

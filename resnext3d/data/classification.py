@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cached_property
 from typing import Literal, NamedTuple
 
 from monai.transforms import Compose
 
 from resnext3d.data.datamodule import BratsDataModule
+from resnext3d.data.errors import DataError, raise_for_problems
 from resnext3d.data.labels import assign_labels, find_labels
 from resnext3d.data.layouts import BratsCase
 from resnext3d.data.transforms import (
@@ -74,7 +76,41 @@ class BratsClassificationData(BratsDataModule):
             self._data_root(), self.all_cases, self.labels, self.id_column, self.label_column
         )
         labels = assign_labels(self.all_cases, source, self.drop_unlabelled)
+        counts = Counter(labels.values())
+        if len(counts) < 2:
+            raise DataError(
+                f"{source.source}: a classifier needs cases of two classes or more, but every "
+                f"labelled case is {', '.join(counts) or 'absent'} ({sum(counts.values())} cases)"
+            )
+        raise_for_problems(
+            [f"{source.source}: no case of class {name}" for name in source.class_names
+             if counts[name] == 0],
+            "every class needs cases",
+        )  # fmt: skip
         return _LabelledCases(labels, source.class_names)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._require_every_class_in_both_parts()
+        super().setup(stage)
+
+    def _require_every_class_in_both_parts(self) -> None:
+        """Before training: a class absent from training cannot be learnt, and one absent from
+        validation leaves the monitored metrics undefined."""
+        labels, split = self._labelled.labels, self.split
+        problems = [
+            f"class {name} has no case among the {len(ids)} {part} cases"
+            for part, ids in (("training", split.train), ("validation", split.val))
+            for name in self.class_names
+            if not any(labels[case_id] == name for case_id in ids)
+        ]
+        raise_for_problems(
+            problems,
+            f"the split (seed {self.seed}, "
+            + (f"fold {self.fold} of {self.num_folds}" if self.fold is not None
+               else f"val_fraction {self.val_fraction}")
+            + ") leaves a class out; label more cases of it or change the split",
+        )  # fmt: skip
 
     def _cases(self) -> list[BratsCase]:
         return [case for case in self.all_cases if case.case_id in self._labelled.labels]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -15,12 +16,16 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
+from torch.utils.data import Sampler
 
+from resnext3d.data.errors import DataError, raise_for_problems
 from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import ensure_phantom
+from resnext3d.data.sampling import SeededItems, SeededSampler
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
 from resnext3d.data.transforms import data_errors_unwrapped
 from resnext3d.data.validation import validate_cases
+from resnext3d.seeds import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,29 @@ PHANTOM_DIR = Path("data/phantom_brats")
 DEFAULT_CACHE_DIR = Path("data/cache")
 # The phantom does not change with the split seed, so that every run reuses the one on disk.
 PHANTOM_SEED = 0
+
+
+class MemoryCache(CacheDataset):
+    """MONAI's CacheDataset, but filling the cache reports every case that cannot be read, in
+    one DataError, after every thread has finished.
+
+    MONAI's thread pool is terminated at the first error while other threads are still inside
+    transforms, and the interpreter then aborts on exit (exit code 134, no message).
+    """
+
+    def _fill_cache(self, indices=None) -> list:
+        indices = range(self.cache_num) if indices is None else indices
+        with ThreadPoolExecutor(self.num_workers) as pool:  # waits for every thread
+            futures = [pool.submit(self._load_cache_item, index) for index in indices]
+        items, problems = [], []
+        for future in futures:
+            try:
+                with data_errors_unwrapped():
+                    items.append(future.result())
+            except DataError as error:
+                problems.append(str(error))
+        raise_for_problems(problems, "cases that cannot be loaded")
+        return items
 
 
 class BratsDataModule(L.LightningDataModule):
@@ -157,8 +185,21 @@ class BratsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
+        world_size, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        sampler = SeededSampler(
+            dataset,
+            run_seed(),
+            num_replicas=world_size,
+            rank=rank,
+            # Lightning asks for the loader once, and draws the first epoch's order before it
+            # sets the epoch: the epoch a run starts or resumes in, as Lightning counts it.
+            epoch=self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0,
+        )
         # A last batch of one item would break batch normalisation.
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+        drop_last = len(dataset) > self.batch_size
+        return self._loader(SeededItems(dataset), sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["val"])
@@ -177,9 +218,8 @@ class BratsDataModule(L.LightningDataModule):
 
     def _dataset(self, items: Sequence[dict], transform: Compose) -> Dataset:
         if self.cache == "memory":
-            # CacheDataset reads every case now, so a damaged file fails here, named.
-            with data_errors_unwrapped():
-                return CacheDataset(items, transform, num_workers=max(1, self.num_workers))
+            # Every case is read now, so a damaged file fails here, named.
+            return MemoryCache(items, transform, num_workers=max(1, self.num_workers))
         if self.cache == "disk":
             return PersistentDataset(items, transform, cache_dir=self._disk_cache_dir())
         return Dataset(items, transform)
@@ -195,22 +235,19 @@ class BratsDataModule(L.LightningDataModule):
     def _loader(
         self,
         dataset: Dataset,
-        shuffle: bool = False,
+        sampler: Sampler | None = None,
         drop_last: bool = False,
         batch_size: int | None = None,
     ) -> DataLoader:
         # Lightning's distributed sampler pads evaluation sets with repeated cases to divide them
         # evenly among the ranks, which would count those cases twice in the metrics.
-        sampler = None
-        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+        if sampler is None and self.trainer is not None and self.trainer.world_size > 1:
             sampler = UnrepeatedDistributedSampler(
                 dataset, self.trainer.world_size, self.trainer.global_rank, shuffle=False
             )
-        # MONAI's DataLoader seeds each worker's random transforms differently.
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,

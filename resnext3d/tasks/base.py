@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 
 from resnext3d.performance import ChannelsLast, prepare_for_device
+from resnext3d.training.reproducibility import SeedEveryStep
 
 
 def fused_adamw(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -28,7 +29,9 @@ class VolumeTask(L.LightningModule):
 
     Args:
         optimizer: the optimizer, built from the parameters (default: fused AdamW).
-        scheduler: an optional learning-rate schedule, stepped every epoch.
+        scheduler: an optional learning-rate schedule, stepped every epoch, or every step if it
+            says so (``interval = "step"``); one with ``fit_to_run``, such as
+            :class:`resnext3d.training.WarmupCosineLR`, is given the run's length in steps.
         channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
             does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
             :mod:`resnext3d.performance`).
@@ -52,8 +55,11 @@ class VolumeTask(L.LightningModule):
         self.channels_last = channels_last
         self.compile_network = compile
         self.memory_format = torch.contiguous_format  # until setup() knows the device
-        # A torchmetrics mean weighs every volume of every rank once, however batches fall.
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
+        # A torchmetrics mean weighs every volume of every rank once, however batches fall; a NaN
+        # loss makes the mean NaN, as it is, instead of being dropped from it.
+        self.losses = nn.ModuleDict(
+            {f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")}
+        )
 
     def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
         mean = self.losses[f"{stage}_loss"]
@@ -75,7 +81,20 @@ class VolumeTask(L.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return optimizer
+        scheduler = self.scheduler(optimizer)
+        interval = getattr(scheduler, "interval", "epoch")
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+    def on_train_start(self) -> None:
+        # Here, not in configure_optimizers: asking for the run's length there builds the
+        # training loader before a resumed run has restored its epoch, and its first epoch would
+        # then repeat the order of epoch 0.
+        for config in self.trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "fit_to_run"):  # e.g. WarmupCosineLR
+                config.scheduler.fit_to_run(self.trainer.estimated_stepping_batches)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [SeedEveryStep()]

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
     MulticlassRecall,
+    MulticlassStatScores,
 )
 
 from resnext3d.callbacks import ClassPredictionWriter
 from resnext3d.performance import ChannelsLast
 from resnext3d.tasks.base import VolumeTask, fused_adamw
+
+STAGES = ("train", "val", "test")
+# Averages over the classes: one without a case makes them meaningless.
+UNDEFINED_WITHOUT_A_CLASS = ("balanced_acc", "auroc", "f1")
 
 
 class VolumeClassifier(VolumeTask):
@@ -71,32 +78,69 @@ class VolumeClassifier(VolumeTask):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
         )
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        # Keyed "<stage>_...": a ModuleDict key "train" would hide nn.Module.train.
+        self.scores = nn.ModuleDict({f"{s}_scores": metrics.clone(prefix=f"{s}/") for s in STAGES})
+        # Per-class counts of the targets, to tell which macro metrics are undefined.
+        self.supports = nn.ModuleDict(
+            {f"{s}_support": MulticlassStatScores(num_classes, average=None) for s in STAGES}
+        )
+        self._warned_undefined: set[str] = set()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.encoder(image.contiguous(memory_format=self.memory_format))
         # Float32 logits under mixed precision too: the loss, softmax and metrics need them.
         return self.head(features).float()
 
-    def _shared_step(self, batch: dict, stage: str, metrics: MetricCollection) -> torch.Tensor:
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss(logits, batch["label"])
-        metrics.update(logits.softmax(dim=1), batch["label"])
-        batch_size = len(batch["label"])
-        self.log_loss(stage, loss, batch_size)
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size)
+        probabilities = logits.detach().softmax(dim=1)
+        self.scores[f"{stage}_scores"].update(probabilities, batch["label"])
+        self.supports[f"{stage}_support"].update(probabilities, batch["label"])
+        self.log_loss(stage, loss, len(batch["label"]))
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", self.train_metrics)
+        return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._shared_step(batch, "val", self.val_metrics)
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"loss": self._shared_step(batch, "val")}
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._shared_step(batch, "test", self.test_metrics)
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"loss": self._shared_step(batch, "test")}
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Log the stage's metrics over the epoch (every rank's cases); those averaged over the
+        classes are NaN, with a warning, when a class had no case: they are undefined then,
+        where torchmetrics would report 0 and mean a perfectly wrong classifier."""
+        metrics, supports = self.scores[f"{stage}_scores"], self.supports[f"{stage}_support"]
+        with warnings.catch_warnings():
+            # torchmetrics warns of each absent class; one warning below says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            values = metrics.compute()
+        support = supports.compute()[:, -1]  # the last of tp, fp, tn, fn, support
+        absent = [name for name, n in zip(self.class_names, support, strict=True) if n == 0]
+        if absent:
+            for name in UNDEFINED_WITHOUT_A_CLASS:
+                values[f"{stage}/{name}"] = torch.tensor(float("nan"))
+            if stage not in self._warned_undefined and not self.trainer.sanity_checking:
+                self._warned_undefined.add(stage)
+                rank_zero_warn(
+                    f"{stage}: no case of class {', '.join(absent)} this epoch, so "
+                    f"{', '.join(UNDEFINED_WITHOUT_A_CLASS)} are undefined and logged as NaN"
+                )
+        self.log_dict(values)
+        metrics.reset()
+        supports.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"case_id": list(batch["case_id"]), "probabilities": self(batch["image"]).softmax(1)}
@@ -107,4 +151,4 @@ class VolumeClassifier(VolumeTask):
         return self.encoder
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [ClassPredictionWriter()]
+        return [*super().configure_callbacks(), ClassPredictionWriter()]

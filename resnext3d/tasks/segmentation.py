@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.utils import convert_to_tensor
 from torchmetrics import MeanMetric
 
 from resnext3d.callbacks import SegmentationFigures, SegmentationWriter
@@ -96,6 +97,7 @@ class VolumeSegmenter(VolumeTask):
         names = [name.lower() for name in self.class_names] + ["mean"]
         self.epoch_means = nn.ModuleDict(
             {
+                # HD95 is NaN where undefined (an empty region), and left out of the mean.
                 f"{stage}_{kind}_{name}": MeanMetric(nan_strategy="ignore")
                 for stage in ("val", "test")
                 for kind in ("dice", "hd95")
@@ -130,7 +132,10 @@ class VolumeSegmenter(VolumeTask):
         return torch.sigmoid(logits)
 
     def _evaluate(self, batch: dict, stage: str) -> dict:
-        image, targets = batch["image"], batch["label"]
+        # Plain tensors from here on: MONAI's MetaTensors would make every metric, and so the
+        # monitored score in the checkpoints, a MetaTensor that weights-only loading refuses.
+        spacing = _voxel_spacing(batch["image"])
+        image, targets = (convert_to_tensor(batch[k], track_meta=False) for k in ("image", "label"))
         probabilities = self.predict_probabilities(image)
         loss = self.loss.loss if self.deep_supervision else self.loss
         # The loss takes logits; recover them from the blended probabilities.
@@ -147,7 +152,7 @@ class VolumeSegmenter(VolumeTask):
                 targets,
                 percentile=95,
                 include_background=True,
-                spacing=_voxel_spacing(image),
+                spacing=spacing,
             )
         hd95[~torch.isfinite(hd95)] = torch.nan  # empty truth or prediction: undefined
         names = [name.lower() for name in self.class_names]
@@ -158,7 +163,7 @@ class VolumeSegmenter(VolumeTask):
         for key, metric in self.epoch_means.items():
             if key.startswith(f"{stage}_"):
                 self.log(key.replace("_", "/", 1), metric, on_epoch=True, batch_size=len(targets))
-        return {"image": image, "label": targets, "prediction": masks}
+        return {"loss": value, "image": image, "label": targets, "prediction": masks}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return self._evaluate(batch, "val")
@@ -175,7 +180,11 @@ class VolumeSegmenter(VolumeTask):
         return self.net
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [SegmentationWriter(self.threshold), SegmentationFigures(self.class_names)]
+        return [
+            *super().configure_callbacks(),
+            SegmentationWriter(self.threshold),
+            SegmentationFigures(self.class_names),
+        ]
 
 
 def _voxel_spacing(image: torch.Tensor) -> list[float] | None:

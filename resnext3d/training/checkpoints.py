@@ -1,0 +1,188 @@
+"""Checkpoints that are written whole or not at all, read back safely, and described clearly
+when they do not fit the run they are given to; resuming a run in its own directory."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import shutil
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+# A checkpoint being written; a writer killed mid-write leaves one, which the next save removes.
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used for this run; the message names the file and the reason."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a hidden file beside it and renames it into place, so a process
+    killed while saving leaves the previous checkpoint intact and never a truncated one; reads
+    checkpoints with ``weights_only=True`` (tensors and plain Python values, no code).
+
+    Lightning's own save writes through a temporary file in the system's temp folder, which a
+    kill leaves there, and moves it, which is a copy when the run directory is on another disk.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".*{PARTIAL_SUFFIX}"):
+            stale.unlink(missing_ok=True)  # left by a writer that was killed
+        partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+        try:
+            with partial.open("wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = True
+    ) -> dict[str, Any]:
+        return read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+def read_checkpoint(
+    path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True
+) -> dict[str, Any]:
+    """Load a checkpoint, raising a CheckpointError that says what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint is empty (0 bytes): a copy or save failed")
+    try:
+        # Memory-mapped: only the tensors that are used are read.
+        checkpoint = torch.load(
+            path, map_location=map_location, weights_only=weights_only, mmap=True
+        )
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({error})") from error
+        unsafe = next((line for line in str(error).splitlines() if "GLOBAL" in line), "")
+        raise CheckpointError(
+            f"{path}: the checkpoint holds objects other than tensors and plain Python values, "
+            f"which are not loaded, as loading them could run code ({unsafe.strip()})"
+        ) from error
+    except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, perhaps truncated ({error})"
+        ) from error
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (it has no state_dict)")
+    return dict(checkpoint)
+
+
+def describe_checkpoint(checkpoint: Mapping[str, Any]) -> str:
+    """What a checkpoint holds, e.g. "a VolumeClassifier (encoder: 53 tensors) after epoch 3"."""
+    task = checkpoint.get("hyper_parameters", {}).get("_class_path", "an unknown task")
+    task = task.rsplit(".", 1)[-1]
+    encoder = sum(key.startswith(("encoder.", "net.encoder.")) for key in checkpoint["state_dict"])
+    epoch = checkpoint.get("epoch")
+    after = f" after epoch {epoch}" if epoch is not None else ""
+    return f"a {task} ({len(checkpoint['state_dict'])} tensors, {encoder} in its encoder){after}"
+
+
+def check_checkpoint_task(
+    path: str | Path, checkpoint: Mapping[str, Any], task_class_path: str
+) -> None:
+    """Raise a CheckpointError when `checkpoint` was written by another task than
+    `task_class_path` (e.g. a classifier's given to a segmentation run)."""
+    saved_task = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if saved_task is not None and saved_task != task_class_path:
+        raise CheckpointError(
+            f"{path} holds {describe_checkpoint(checkpoint)}, but this run builds a "
+            f"{task_class_path.rsplit('.', 1)[-1]}: pass a checkpoint of that task, or the "
+            "experiment config it was trained with"
+        )
+
+
+def check_checkpoint_weights(
+    path: str | Path, checkpoint: Mapping[str, Any], model: torch.nn.Module
+) -> None:
+    """Raise a CheckpointError when the weights in `checkpoint` do not fit `model`, naming
+    the first that differ."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
+    missing, unexpected = sorted(expected.keys() - saved), sorted(saved.keys() - expected)
+    reshaped = sorted(name for name in expected.keys() & saved if expected[name] != saved[name])
+    if missing or unexpected or reshaped:
+        examples = [
+            *(f"{name} {saved[name]} where the model has {expected[name]}" for name in reshaped),
+            *(f"{name} missing" for name in missing),
+            *(f"{name} unexpected" for name in unexpected),
+        ]
+        raise CheckpointError(
+            f"{path} holds {describe_checkpoint(checkpoint)} whose weights do not fit this "
+            f"run's model ({len(reshaped)} differ in shape, {len(missing)} missing, "
+            f"{len(unexpected)} unexpected; e.g. {'; '.join(examples[:3])}): was it trained "
+            "with another encoder (preset, layers, cardinality, base_width) or decoder?"
+        )
+
+
+def resume_files(run_dir: str | Path) -> tuple[Path, Path]:
+    """The config and the last checkpoint of `run_dir`, or a CheckpointError saying why it
+    cannot be resumed."""
+    run_dir = Path(run_dir)
+    config, last = run_dir / CONFIG_FILE, run_dir / LAST_CHECKPOINT
+    if not config.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    if not last.is_file():
+        raise CheckpointError(
+            f"{run_dir}: no {LAST_CHECKPOINT}: the run ended before its first checkpoint; "
+            "start it again instead"
+        )
+    return config, last
+
+
+def prepare_resume(run_dir: str | Path) -> tuple[Path, Path]:
+    """Put `run_dir` in order to be resumed; returns its config and its last checkpoint.
+
+    The config is kept as ``config.<n>.yaml`` before the resumed run writes its own, and the
+    rows of ``metrics.csv`` from epochs after the last checkpoint's, which the resumed run logs
+    again, are dropped.
+    """
+    config, last = resume_files(run_dir)
+    epoch = read_checkpoint(last).get("epoch")
+    number = 1
+    while (kept := config.with_name(f"config.{number}.yaml")).exists():
+        number += 1
+    shutil.copy2(config, kept)
+    if epoch is not None:
+        _drop_metrics_after(config.with_name(METRICS_FILE), epoch)
+    return config, last
+
+
+def _drop_metrics_after(metrics: Path, epoch: int) -> None:
+    if not metrics.is_file():
+        return
+    with metrics.open(newline="") as file:
+        reader = csv.DictReader(file)
+        columns, rows = reader.fieldnames or [], list(reader)
+    kept = [row for row in rows if not row.get("epoch") or float(row["epoch"]) <= epoch]
+    if len(kept) == len(rows):
+        return
+    partial = metrics.with_name(f".{metrics.name}{PARTIAL_SUFFIX}")
+    with partial.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(partial, metrics)
