@@ -8,7 +8,8 @@ from typing import Literal, NamedTuple
 from monai.transforms import Compose
 
 from resnext3d.data.datamodule import BratsDataModule
-from resnext3d.data.labels import assign_labels, find_labels
+from resnext3d.data.errors import raise_for_problems
+from resnext3d.data.labels import check_labels
 from resnext3d.data.layouts import BratsCase
 from resnext3d.data.transforms import (
     CASE_ID_KEY,
@@ -39,6 +40,9 @@ class BratsClassificationData(BratsDataModule):
         id_column: the CSV column of the case ids; None for the known label files.
         drop_unlabelled: leave out cases the labels do not mention (e.g. BraTS 2021 cases without
             an MGMT label) instead of failing.
+        classes: the class names in class-index order; a label that is not one of them stops
+            the run. None: the known label files' classes (LGG, HGG; 0, 1 for MGMT), else the
+            labels found, sorted.
         **kwargs: the arguments of :class:`BratsDataModule` (data_dir, roi_size, spacing, ...).
     """
 
@@ -48,6 +52,7 @@ class BratsClassificationData(BratsDataModule):
         label_column: str | None = None,
         id_column: str | None = None,
         drop_unlabelled: bool = False,
+        classes: list[str] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,6 +61,7 @@ class BratsClassificationData(BratsDataModule):
         self.label_column = label_column
         self.id_column = id_column
         self.drop_unlabelled = drop_unlabelled
+        self.classes = classes
 
     @property
     def class_names(self) -> list[str]:
@@ -69,11 +75,17 @@ class BratsClassificationData(BratsDataModule):
     @cached_property
     def _labelled(self) -> _LabelledCases:
         # Read and matched to the cases at the first look (the CLI reads class_names to build
-        # the model), so that a label without a case stops the run before anything else.
-        source = find_labels(
-            self._data_root(), self.all_cases, self.labels, self.id_column, self.label_column
+        # the model), so that every label problem stops the run before anything else.
+        source, labels, problems = check_labels(
+            self._data_root(),
+            self.all_cases,
+            self.labels,
+            self.id_column,
+            self.label_column,
+            self.classes,
+            self.drop_unlabelled,
         )
-        labels = assign_labels(self.all_cases, source, self.drop_unlabelled)
+        raise_for_problems(problems, "the classification labels cannot be used")
         return _LabelledCases(labels, source.class_names)
 
     def _cases(self) -> list[BratsCase]:
