@@ -20,7 +20,7 @@ from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import ensure_phantom
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
 from resnext3d.data.transforms import data_errors_unwrapped
-from resnext3d.data.validation import validate_cases
+from resnext3d.data.validation import LabelMaps, validate_cases
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class BratsDataModule(L.LightningDataModule):
         num_folds: the number of folds when `fold` is set.
         cache: keep preprocessed cases in "memory", on "disk" under `cache_dir`, or "none".
         cache_dir: the folder of the disk cache; None for ./data/cache.
+        check: how the files a stage reads are checked before it starts: "quick" reads headers
+            and file sizes (seconds for thousands of files); "full" also reads every voxel, as
+            ``resnext3d check-data`` does (NaN, all-zero images, damaged data, label values).
         phantom_cases: the number of phantom cases when `data_dir` is None.
         predict_split: the cases to predict: the validation cases ("val") or all cases ("all").
     """
@@ -65,6 +68,7 @@ class BratsDataModule(L.LightningDataModule):
         num_folds: int = 5,
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
+        check: Literal["quick", "full"] = "quick",
         phantom_cases: int = 100,
         predict_split: Literal["val", "all"] = "all",
     ) -> None:
@@ -80,6 +84,7 @@ class BratsDataModule(L.LightningDataModule):
         self.num_folds = num_folds
         self.cache = cache
         self.cache_dir = cache_dir
+        self.check = check
         self.phantom_cases = phantom_cases
         self.predict_split = predict_split
         self._datasets: dict[str, Dataset] = {}
@@ -110,6 +115,11 @@ class BratsDataModule(L.LightningDataModule):
     def _transforms(self, stage: Literal["train", "val", "predict"]) -> Compose:
         raise NotImplementedError
 
+    def _label_maps(self, stage: str) -> LabelMaps:
+        """Whether `stage` reads the cases' label maps, so that only the files it uses are
+        checked (a damaged label map does not stop a classifier)."""
+        return "unused"
+
     # Shared.
 
     @property
@@ -137,7 +147,7 @@ class BratsDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Validate the data, then build the datasets `stage` needs and save the split."""
         cases = self._cases()
-        validate_cases(cases)
+        self._validate(cases, stage)
         items = {case.case_id: self._item(case) for case in cases}
         split = self.split
         if stage == "fit":
@@ -154,6 +164,14 @@ class BratsDataModule(L.LightningDataModule):
                 [items[i] for i in predicted], self._transforms("predict")
             )
         self._save_split(split)
+
+    def _validate(self, cases: list[BratsCase], stage: str) -> None:
+        """Raise a DataError naming every file of `cases` that `stage` reads and cannot use;
+        log the warnings (e.g. an all-zero modality)."""
+        workers = max(2, self.num_workers)  # threads: reading is mostly decompression
+        warnings = validate_cases(cases, self._label_maps(stage), self.check == "full", workers)
+        for warning in warnings:
+            log.warning("%s", warning)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
