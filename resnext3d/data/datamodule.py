@@ -13,9 +13,10 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose
 
+from resnext3d.data.cache import DiskCacheDataset
 from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import ensure_phantom
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
@@ -199,7 +200,7 @@ class BratsDataModule(L.LightningDataModule):
             with data_errors_unwrapped():
                 return CacheDataset(items, transform, num_workers=max(1, self.num_workers))
         if self.cache == "disk":
-            return PersistentDataset(items, transform, cache_dir=self._disk_cache_dir())
+            return DiskCacheDataset(items, transform, self._disk_cache_dir())
         return Dataset(items, transform)
 
     def _disk_cache_dir(self) -> Path:
