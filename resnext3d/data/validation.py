@@ -106,11 +106,7 @@ def check_files(
     than the images, and every modality all zero (full check).
     """
     files = [(case, role, path) for case in cases for role, path in _files(case, label_maps)]
-    problems = [
-        Problem(str(case.images[0].parent), "no label map (segmentation needs one)", case.case_id)
-        for case in cases
-        if label_maps == "required" and case.label_map is None
-    ]
+    problems = _missing_label_maps(cases, label_maps)
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
 
     def scan(entry: tuple[BratsCase, str, Path]) -> FileScan:
@@ -130,6 +126,23 @@ def check_files(
         problems += [problem for file_scan in case_scans for problem in file_scan.problems]
         problems += _case_problems(case, case_scans, full)
     return FileCheck(problems, scans)
+
+
+def _missing_label_maps(cases: Sequence[BratsCase], label_maps: LabelMaps) -> list[Problem]:
+    """An error per case without a label map where they are required; where they are merely
+    read if present, a warning per case without one while others have one (a lost file)."""
+    message, severity = "no label map (segmentation needs one)", "error"
+    if label_maps == "if present":
+        if all(case.label_map is None for case in cases):
+            return []
+        message, severity = "no label map, unlike other cases", "warning"
+    elif label_maps == "unused":
+        return []
+    return [
+        Problem(str(case.images[0].parent), message, case.case_id, severity)
+        for case in cases
+        if case.label_map is None
+    ]
 
 
 def _files(case: BratsCase, label_maps: LabelMaps) -> Iterator[tuple[str, Path]]:
