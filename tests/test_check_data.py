@@ -340,3 +340,18 @@ def test_fit_exits_1_naming_the_files(broken_phantom, tmp_path):
     assert fit.returncode == 1, fit.stderr[-3000:]
     for name in ("truncated file", "NaN voxels", "all-zero case", "shape differs"):
         assert str(blamed[name]) in fit.stderr, name
+
+
+@pytest.mark.parametrize("name", [name for name, kind in KINDS.items()
+                                  if not kind.quick and kind.level == "error"
+                                  and kind.task == "classification"])  # fmt: skip
+def test_voxel_problems_past_the_quick_check_fail_named_when_read(name, small_phantom, tmp_path):
+    """The quick check reads headers only; the memory cache reads every voxel at setup, where
+    NaN, infinite or all-zero images stop the run with the file or case named."""
+    root = shutil.copytree(small_phantom, tmp_path / "data")
+    blamed = KINDS[name].corrupt(root, "BraTS2021_00001")
+    data = BratsClassificationData(
+        data_dir=str(root), roi_size=(32, 32, 32), **{**SETTINGS, "cache": "memory"}
+    )
+    with pytest.raises(DataError, match=re.escape(str(blamed))):
+        data.setup("fit")
