@@ -71,10 +71,6 @@ class FileCheck:
     problems: list[Problem]
     scans: list[FileScan]
 
-    @property
-    def errors(self) -> list[Problem]:
-        return [problem for problem in self.problems if problem.severity == "error"]
-
 
 def validate_cases(
     cases: Sequence[BratsCase],
