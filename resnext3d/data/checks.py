@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ def check_data_main(argv: Sequence[str] | None = None) -> int:
     try:
         cases = discover_cases(args.data_dir)
     except DataError as error:
-        print(f"resnext3d check-data: {error}")
+        print(f"resnext3d check-data: {error}", file=sys.stderr)
         return 1
     label_maps = {"segmentation": "required", "classification": "unused"}.get(
         args.task, "if present"
