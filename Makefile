@@ -15,12 +15,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 
-.PHONY: help install test lint train models bench clean
+.PHONY: help install test lint train check-data models bench clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
 	@echo
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 	@echo
 	@echo "  experiments: $(EXPERIMENTS)"
 	@echo "  e.g. make train EXP=brats_cls [DATA=/path/to/BraTS] [ARGS='--trainer.max_epochs 3']"
@@ -46,6 +46,11 @@ train: install ## train an experiment: make train EXP=<name> [DATA=dir] [ARGS=..
 		echo "make train: unknown experiment '$(EXP)'. Choose one of: $(EXPERIMENTS)" >&2; \
 		echo "  e.g. make train EXP=$(firstword $(EXPERIMENTS))" >&2; exit 2; fi
 	$(BIN)/resnext3d fit --config experiments/$(EXP).yaml $(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
+
+check-data: install ## read every file of a dataset, list every problem: make check-data DATA=dir [ARGS='--task segmentation']
+	@if [ -z "$(DATA)" ]; then \
+		echo "make check-data: say which dataset, e.g. make check-data DATA=data/BraTS2021" >&2; exit 2; fi
+	$(BIN)/resnext3d check-data "$(DATA)" $(ARGS)
 
 bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
 	$(BIN)/python -m benchmarks.bench $(ARGS)

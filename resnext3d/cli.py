@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from resnext3d.data.checks import check_data_main
 from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
@@ -294,7 +295,16 @@ def phantom_command(argv: list[str]) -> None:
     sys.exit(phantom_main(argv))
 
 
-TOOLS = {"models": models_command, "complexity": complexity_command, "phantom": phantom_command}
+def check_data_command(argv: list[str]) -> None:
+    sys.exit(check_data_main(argv))
+
+
+TOOLS = {
+    "models": models_command,
+    "complexity": complexity_command,
+    "phantom": phantom_command,
+    "check-data": check_data_command,
+}
 USAGE = """usage: resnext3d COMMAND [options]
 
 training (Lightning CLI; `resnext3d fit --help` for every option):
@@ -303,6 +313,8 @@ tools:
   models       every preset with parameters and GMACs at an input size
   complexity   the paper's Table 2 for a conv2 block, in 2D and 3D
   phantom      write a synthetic BraTS-format dataset: resnext3d phantom OUT --cases N --seed S
+  check-data   read every file of a dataset and list every problem:
+               resnext3d check-data DIR [--task classification|segmentation] [--labels CSV ...]
 """
 
 

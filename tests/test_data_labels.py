@@ -96,7 +96,7 @@ def test_grade_folders():
 
 
 def test_find_labels_prefers_the_given_csv_then_name_mapping_then_folders(tmp_path):
-    cases = [case("BraTS20_Training_001", grade="LGG")]
+    cases = [case("BraTS20_Training_001", grade="LGG"), case("BraTS20_Training_003", grade="HGG")]
     assert find_labels(tmp_path, cases).source.startswith("the HGG/LGG folders")
     name_mapping = write(
         tmp_path / "MICCAI_BraTS2020_TrainingData" / "name_mapping.csv", NAME_MAPPING

@@ -93,7 +93,7 @@ def test_truncated_file_fails_setup_naming_it(phantom_dir, tmp_path):
     path = broken / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     data = data_module(broken, val_fraction=0.5)
-    with pytest.raises(DataError, match=r"BraTS2021_00001_t2\.nii\.gz: cannot read"):
+    with pytest.raises(DataError, match=r"BraTS2021_00001_t2\.nii\.gz: truncated or damaged"):
         data.setup("fit")
 
 

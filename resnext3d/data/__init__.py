@@ -2,11 +2,12 @@
 
 from resnext3d.data.classification import BratsClassificationData
 from resnext3d.data.datamodule import BratsDataModule
-from resnext3d.data.errors import DataError
+from resnext3d.data.errors import DataError, Problem
 from resnext3d.data.labels import (
     GRADE_CLASSES,
     CaseLabels,
     assign_labels,
+    check_labels,
     find_labels,
     grade_folder_labels,
     read_label_csv,
@@ -34,7 +35,7 @@ from resnext3d.data.transforms import (
     random_transforms,
     training_transforms,
 )
-from resnext3d.data.validation import validate_cases
+from resnext3d.data.validation import check_files, validate_cases
 
 __all__ = [
     "GRADE_CLASSES",
@@ -49,10 +50,13 @@ __all__ = [
     "CaseLabels",
     "DataError",
     "LoadModalitiesd",
+    "Problem",
     "Release",
     "Split",
     "add_phantom_arguments",
     "assign_labels",
+    "check_files",
+    "check_labels",
     "deterministic_transforms",
     "discover_cases",
     "ensure_phantom",

@@ -9,8 +9,8 @@ from typing import Literal, NamedTuple
 from monai.transforms import Compose
 
 from resnext3d.data.datamodule import BratsDataModule
-from resnext3d.data.errors import DataError, raise_for_problems
-from resnext3d.data.labels import assign_labels, find_labels
+from resnext3d.data.errors import raise_for_problems
+from resnext3d.data.labels import check_labels
 from resnext3d.data.layouts import BratsCase
 from resnext3d.data.transforms import (
     CASE_ID_KEY,
@@ -41,6 +41,9 @@ class BratsClassificationData(BratsDataModule):
         id_column: the CSV column of the case ids; None for the known label files.
         drop_unlabelled: leave out cases the labels do not mention (e.g. BraTS 2021 cases without
             an MGMT label) instead of failing.
+        classes: the class names in class-index order; a label that is not one of them stops
+            the run. None: the known label files' classes (LGG, HGG; 0, 1 for MGMT), else the
+            labels found, sorted.
         **kwargs: the arguments of :class:`BratsDataModule` (data_dir, roi_size, spacing, ...).
     """
 
@@ -50,6 +53,7 @@ class BratsClassificationData(BratsDataModule):
         label_column: str | None = None,
         id_column: str | None = None,
         drop_unlabelled: bool = False,
+        classes: list[str] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -58,6 +62,7 @@ class BratsClassificationData(BratsDataModule):
         self.label_column = label_column
         self.id_column = id_column
         self.drop_unlabelled = drop_unlabelled
+        self.classes = classes
 
     @property
     def class_names(self) -> list[str]:
@@ -71,21 +76,23 @@ class BratsClassificationData(BratsDataModule):
     @cached_property
     def _labelled(self) -> _LabelledCases:
         # Read and matched to the cases at the first look (the CLI reads class_names to build
-        # the model), so that a label without a case stops the run before anything else.
-        source = find_labels(
-            self._data_root(), self.all_cases, self.labels, self.id_column, self.label_column
+        # the model), so that every label problem stops the run before anything else.
+        source, labels, problems = check_labels(
+            self._data_root(),
+            self.all_cases,
+            self.labels,
+            self.id_column,
+            self.label_column,
+            self.classes,
+            self.drop_unlabelled,
         )
-        labels = assign_labels(self.all_cases, source, self.drop_unlabelled)
+        raise_for_problems(problems, "the classification labels cannot be used")
+        # The label file may name classes whose cases are all missing or dropped.
         counts = Counter(labels.values())
-        if len(counts) < 2:
-            raise DataError(
-                f"{source.source}: a classifier needs cases of two classes or more, but every "
-                f"labelled case is {', '.join(counts) or 'absent'} ({sum(counts.values())} cases)"
-            )
         raise_for_problems(
             [f"{source.source}: no case of class {name}" for name in source.class_names
              if counts[name] == 0],
-            "every class needs cases",
+            "a classifier needs cases of every class",
         )  # fmt: skip
         return _LabelledCases(labels, source.class_names)
 

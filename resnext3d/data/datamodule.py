@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -14,17 +13,16 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 from torch.utils.data import Sampler
 
-from resnext3d.data.errors import DataError, raise_for_problems
+from resnext3d.data.cache import DiskCacheDataset, MemoryCache
 from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import ensure_phantom
 from resnext3d.data.sampling import SeededItems, SeededSampler
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
-from resnext3d.data.transforms import data_errors_unwrapped
-from resnext3d.data.validation import validate_cases
+from resnext3d.data.validation import LabelMaps, validate_cases
 from resnext3d.seeds import run_seed
 
 log = logging.getLogger(__name__)
@@ -34,29 +32,6 @@ PHANTOM_DIR = Path("data/phantom_brats")
 DEFAULT_CACHE_DIR = Path("data/cache")
 # The phantom does not change with the split seed, so that every run reuses the one on disk.
 PHANTOM_SEED = 0
-
-
-class MemoryCache(CacheDataset):
-    """MONAI's CacheDataset, but filling the cache reports every case that cannot be read, in
-    one DataError, after every thread has finished.
-
-    MONAI's thread pool is terminated at the first error while other threads are still inside
-    transforms, and the interpreter then aborts on exit (exit code 134, no message).
-    """
-
-    def _fill_cache(self, indices=None) -> list:
-        indices = range(self.cache_num) if indices is None else indices
-        with ThreadPoolExecutor(self.num_workers) as pool:  # waits for every thread
-            futures = [pool.submit(self._load_cache_item, index) for index in indices]
-        items, problems = [], []
-        for future in futures:
-            try:
-                with data_errors_unwrapped():
-                    items.append(future.result())
-            except DataError as error:
-                problems.append(str(error))
-        raise_for_problems(problems, "cases that cannot be loaded")
-        return items
 
 
 class BratsDataModule(L.LightningDataModule):
@@ -76,6 +51,9 @@ class BratsDataModule(L.LightningDataModule):
         num_folds: the number of folds when `fold` is set.
         cache: keep preprocessed cases in "memory", on "disk" under `cache_dir`, or "none".
         cache_dir: the folder of the disk cache; None for ./data/cache.
+        check: how the files a stage reads are checked before it starts: "quick" reads headers
+            and file sizes (seconds for thousands of files); "full" also reads every voxel, as
+            ``resnext3d check-data`` does (NaN, all-zero images, damaged data, label values).
         phantom_cases: the number of phantom cases when `data_dir` is None.
         predict_split: the cases to predict: the validation cases ("val") or all cases ("all").
     """
@@ -93,6 +71,7 @@ class BratsDataModule(L.LightningDataModule):
         num_folds: int = 5,
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
+        check: Literal["quick", "full"] = "quick",
         phantom_cases: int = 100,
         predict_split: Literal["val", "all"] = "all",
     ) -> None:
@@ -108,6 +87,7 @@ class BratsDataModule(L.LightningDataModule):
         self.num_folds = num_folds
         self.cache = cache
         self.cache_dir = cache_dir
+        self.check = check
         self.phantom_cases = phantom_cases
         self.predict_split = predict_split
         self._datasets: dict[str, Dataset] = {}
@@ -138,6 +118,11 @@ class BratsDataModule(L.LightningDataModule):
     def _transforms(self, stage: Literal["train", "val", "predict"]) -> Compose:
         raise NotImplementedError
 
+    def _label_maps(self, stage: str) -> LabelMaps:
+        """Whether `stage` reads the cases' label maps, so that only the files it uses are
+        checked (a damaged label map does not stop a classifier)."""
+        return "unused"
+
     # Shared.
 
     @property
@@ -165,7 +150,7 @@ class BratsDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Validate the data, then build the datasets `stage` needs and save the split."""
         cases = self._cases()
-        validate_cases(cases)
+        self._validate(cases, stage)
         items = {case.case_id: self._item(case) for case in cases}
         split = self.split
         if stage == "fit":
@@ -182,6 +167,14 @@ class BratsDataModule(L.LightningDataModule):
                 [items[i] for i in predicted], self._transforms("predict")
             )
         self._save_split(split)
+
+    def _validate(self, cases: list[BratsCase], stage: str) -> None:
+        """Raise a DataError naming every file of `cases` that `stage` reads and cannot use;
+        log the warnings (e.g. an all-zero modality)."""
+        workers = max(2, self.num_workers)  # threads: reading is mostly decompression
+        warnings = validate_cases(cases, self._label_maps(stage), self.check == "full", workers)
+        for warning in warnings:
+            log.warning("%s", warning)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
@@ -221,7 +214,7 @@ class BratsDataModule(L.LightningDataModule):
             # Every case is read now, so a damaged file fails here, named.
             return MemoryCache(items, transform, num_workers=max(1, self.num_workers))
         if self.cache == "disk":
-            return PersistentDataset(items, transform, cache_dir=self._disk_cache_dir())
+            return DiskCacheDataset(items, transform, self._disk_cache_dir())
         return Dataset(items, transform)
 
     def _disk_cache_dir(self) -> Path:

@@ -8,11 +8,12 @@ BraTS 2018/19 ``HGG/`` and ``LGG/`` folders, the RSNA-MICCAI ``train_labels.csv`
 from __future__ import annotations
 
 import csv
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnext3d.data.errors import DataError, raise_for_problems
+from resnext3d.data.errors import DataError, Problem, raise_for_problems
 from resnext3d.data.layouts import BratsCase
 
 # Low grade first, so that HGG is class 1: the positive class of binary metrics such as AUROC.
@@ -22,6 +23,8 @@ NAME_MAPPING_FILE = "name_mapping.csv"
 _KNOWN_COLUMNS = (("BraTS_2020_subject_ID", "Grade"), ("BraTS21ID", "MGMT_value"))
 # The RSNA-MICCAI MGMT file stores BraTS 2021 ids as integers: 12 is case 00012.
 _ZERO_PADDED_ID_COLUMNS = {"BraTS21ID": 5}
+# The classes of the known label files' label columns, in class-index order.
+_KNOWN_CLASSES = {"Grade": GRADE_CLASSES, "MGMT_value": ("0", "1")}
 # Cells that mean "no value" in the BraTS spreadsheets (e.g. ids of cases absent from a release).
 _EMPTY_CELLS = {"", "NA", "N/A", "nan"}
 
@@ -42,32 +45,19 @@ class CaseLabels:
 
 
 def read_label_csv(
-    path: str | Path, id_column: str | None = None, label_column: str | None = None
+    path: str | Path,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> CaseLabels:
-    """Read labels from a CSV; the columns default to those of the known BraTS label files."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel's byte-order mark
-            reader = csv.DictReader(file)
-            columns = reader.fieldnames or []
-            id_column, label_column = _label_columns(path, columns, id_column, label_column)
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: cannot read the label CSV ({error})") from error
+    """Read labels from a CSV; the columns default to those of the known BraTS label files.
 
-    by_id, problems = {}, []
-    for line_number, row in enumerate(rows, start=2):
-        case_id, label = (row[id_column] or "").strip(), (row[label_column] or "").strip()
-        if case_id in _EMPTY_CELLS or label in _EMPTY_CELLS:
-            continue
-        case_id = case_id.zfill(_ZERO_PADDED_ID_COLUMNS.get(id_column, 0))
-        if by_id.get(case_id, label) != label:
-            problems.append(
-                f"{path}:{line_number}: {case_id} labelled both {by_id[case_id]} and {label}"
-            )
-        by_id[case_id] = label
-    raise_for_problems(problems, f"{path}: contradictory labels")
-    return CaseLabels(by_id, _class_names(by_id.values(), str(path)), str(path))
+    Raises one DataError for every contradictory duplicate, label that is not a class (of the
+    known label file, or of `classes` where given) and for fewer than two classes.
+    """
+    labels, problems = _read_label_csv(Path(path), id_column, label_column, classes)
+    raise_for_problems(problems, f"{path}: unusable labels")
+    return labels
 
 
 def grade_folder_labels(cases: Sequence[BratsCase], source: str | Path) -> CaseLabels:
@@ -82,22 +72,13 @@ def find_labels(
     labels_csv: str | Path | None = None,
     id_column: str | None = None,
     label_column: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> CaseLabels:
     """The labels for `cases`: `labels_csv`, else a name_mapping.csv in `data_dir` or a folder
-    below it, else the HGG/LGG folders."""
-    data_dir = Path(data_dir)
-    name_mappings = [
-        *data_dir.glob(NAME_MAPPING_FILE),
-        *sorted(data_dir.glob(f"*/{NAME_MAPPING_FILE}")),
-    ]
-    if labels_csv is not None or name_mappings:
-        return read_label_csv(labels_csv or name_mappings[0], id_column, label_column)
-    if any(case.grade for case in cases):
-        return grade_folder_labels(cases, data_dir)
-    raise DataError(
-        f"{data_dir}: no classification labels: no {NAME_MAPPING_FILE} and no HGG/LGG folders; "
-        "pass a CSV with --data.labels (and --data.id_column/--data.label_column if needed)"
-    )
+    below it, else the HGG/LGG folders; see `read_label_csv` for what raises."""
+    labels, problems = _find_labels(data_dir, cases, labels_csv, id_column, label_column, classes)
+    raise_for_problems(problems, f"{labels.source}: unusable labels")
+    return labels
 
 
 def assign_labels(
@@ -109,6 +90,124 @@ def assign_labels(
     A label id matches a case id equal to it or ending in ``_<id>``, as RSNA-MICCAI's ``00012``
     names BraTS 2021's ``BraTS2021_00012``.
     """
+    assigned, problems = _match_labels(cases, labels, drop_unlabelled)
+    raise_for_problems(problems, "the classification labels do not match the cases")
+    return assigned
+
+
+def check_labels(
+    data_dir: str | Path,
+    cases: Sequence[BratsCase],
+    labels_csv: str | Path | None = None,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    classes: Sequence[str] | None = None,
+    drop_unlabelled: bool = False,
+) -> tuple[CaseLabels, dict[str, str], list[Problem]]:
+    """`find_labels` then `assign_labels`, returning every problem of both instead of raising on
+    the first kind, so that one report lists them all.
+
+    Returns:
+        The labels, each case's label by case id, and the problems.
+
+    Raises:
+        DataError: there is no label source, or the CSV cannot be read at all.
+    """
+    labels, problems = _find_labels(data_dir, cases, labels_csv, id_column, label_column, classes)
+    assigned, match_problems = _match_labels(cases, labels, drop_unlabelled)
+    return labels, assigned, problems + match_problems
+
+
+def _find_labels(
+    data_dir: str | Path,
+    cases: Sequence[BratsCase],
+    labels_csv: str | Path | None,
+    id_column: str | None,
+    label_column: str | None,
+    classes: Sequence[str] | None,
+) -> tuple[CaseLabels, list[Problem]]:
+    data_dir = Path(data_dir)
+    name_mappings = [
+        *data_dir.glob(NAME_MAPPING_FILE),
+        *sorted(data_dir.glob(f"*/{NAME_MAPPING_FILE}")),
+    ]
+    if labels_csv is not None or name_mappings:
+        path = Path(labels_csv or name_mappings[0])
+        return _read_label_csv(path, id_column, label_column, classes)
+    if any(case.grade for case in cases):
+        labels = grade_folder_labels(cases, data_dir)
+        by_label = {label: [] for label in set(labels.by_id.values())}
+        return labels, _class_problems(
+            by_label, labels.source, classes or GRADE_CLASSES, labels.by_id
+        )
+    raise DataError(
+        f"{data_dir}: no classification labels: no {NAME_MAPPING_FILE} and no HGG/LGG folders; "
+        "pass a CSV with --data.labels (and --data.id_column/--data.label_column if needed)"
+    )
+
+
+def _read_label_csv(
+    path: Path, id_column: str | None, label_column: str | None, classes: Sequence[str] | None
+) -> tuple[CaseLabels, list[Problem]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel's byte-order mark
+            reader = csv.DictReader(file)
+            columns = reader.fieldnames or []
+            id_column, label_column = _label_columns(path, columns, id_column, label_column)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read the label CSV ({error})") from error
+
+    by_id, lines_by_label, problems = {}, defaultdict(list), []
+    for line_number, row in enumerate(rows, start=2):
+        case_id, label = (row[id_column] or "").strip(), (row[label_column] or "").strip()
+        if case_id in _EMPTY_CELLS or label in _EMPTY_CELLS:
+            continue
+        case_id = case_id.zfill(_ZERO_PADDED_ID_COLUMNS.get(id_column, 0))
+        if by_id.get(case_id, label) != label:
+            message = f"{case_id} labelled both {by_id[case_id]} and {label}"
+            problems.append(Problem(f"{path}:{line_number}", message, case_id))
+        by_id[case_id] = label
+        lines_by_label[label].append(line_number)
+    known_classes = classes or _KNOWN_CLASSES.get(label_column)
+    if known_classes is None:
+        known_classes = _class_names(lines_by_label)
+    problems += _class_problems(lines_by_label, str(path), known_classes, by_id)
+    return CaseLabels(by_id, tuple(known_classes), str(path)), problems
+
+
+def _class_problems(
+    lines_by_label: Mapping[str, Sequence[int]],
+    source: str,
+    classes: Sequence[str],
+    by_id: Mapping[str, str],
+) -> list[Problem]:
+    """A problem for each label that is not one of `classes` (by the CSV lines that hold it) and
+    for fewer than two classes among `classes` or among the labels."""
+    problems = []
+    for label, lines in lines_by_label.items():
+        if label in classes:
+            continue
+        same_but_case = [name for name in classes if name.lower() == label.lower()]
+        hint = f"; did you mean {same_but_case[0]}? (case matters)" if same_but_case else ""
+        where = f"{source}:{lines[0]}" if len(lines) == 1 else source
+        on_lines = ""
+        if len(lines) > 1:
+            on_lines = (
+                f" on lines {', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''}"
+            )
+        message = f"label {label!r}{on_lines} is not a class ({', '.join(classes)}){hint}"
+        problems.append(Problem(where, message))
+    used = sorted(set(by_id.values()) & set(classes)) if by_id else list(classes)
+    if len(classes) < 2 or len(used) < 2:
+        found = used if len(classes) >= 2 else list(classes)
+        problems.append(Problem(source, f"a classifier needs two classes or more, found {found}"))
+    return problems
+
+
+def _match_labels(
+    cases: Sequence[BratsCase], labels: CaseLabels, drop_unlabelled: bool
+) -> tuple[dict[str, str], list[Problem]]:
     assigned, used_ids, problems = {}, set(), []
     for case in cases:
         label_id = next(
@@ -119,15 +218,13 @@ def assign_labels(
             assigned[case.case_id] = labels.by_id[label_id]
             used_ids.add(label_id)
         elif not drop_unlabelled:
-            problems.append(
-                f"{case.images[0].parent}: case {case.case_id} has no label in {labels.source}"
-            )
+            message = f"case {case.case_id} has no label in {labels.source}"
+            problems.append(Problem(str(case.images[0].parent), message, case.case_id))
     problems += [
-        f"{labels.source}: {label_id} is labelled but there is no such case"
+        Problem(labels.source, f"{label_id} is labelled but there is no such case")
         for label_id in sorted(set(labels.by_id) - used_ids)
     ]
-    raise_for_problems(problems, "the classification labels do not match the cases")
-    return assigned
+    return assigned, problems
 
 
 def _label_columns(
@@ -147,12 +244,7 @@ def _label_columns(
     return id_column, label_column
 
 
-def _class_names(labels: Iterable[str], source: str) -> tuple[str, ...]:
+def _class_names(labels: Iterable[str]) -> tuple[str, ...]:
+    """The classes of a CSV that no known file or `classes` describes: the labels it holds."""
     classes = set(labels)
-    if classes <= set(GRADE_CLASSES):
-        return GRADE_CLASSES
-    if len(classes) < 2:
-        raise DataError(
-            f"{source}: a classifier needs two classes or more, found {sorted(classes)}"
-        )
-    return tuple(sorted(classes))
+    return GRADE_CLASSES if classes <= set(GRADE_CLASSES) else tuple(sorted(classes))

@@ -9,7 +9,6 @@ from monai.data import DataLoader
 from monai.transforms import Compose
 
 from resnext3d.data.datamodule import BratsDataModule
-from resnext3d.data.errors import raise_for_problems
 from resnext3d.data.layouts import BratsCase, Release
 from resnext3d.data.regions import REGIONS
 from resnext3d.data.transforms import (
@@ -19,6 +18,7 @@ from resnext3d.data.transforms import (
     RELEASE_KEY,
     segmentation_transforms,
 )
+from resnext3d.data.validation import LabelMaps
 
 
 class BratsSegmentationData(BratsDataModule):
@@ -62,14 +62,9 @@ class BratsSegmentationData(BratsDataModule):
         the files' grid. One instance: MONAI inverts only with the transforms that were applied."""
         return segmentation_transforms("predict", self.release, self.roi_size, self.spacing)
 
-    def setup(self, stage: str) -> None:
-        if stage != "predict":
-            raise_for_problems(
-                [f"{case.images[0].parent}: case {case.case_id} has no label map" for case in
-                 self.all_cases if case.label_map is None],
-                "segmentation needs a label map for every training and validation case",
-            )  # fmt: skip
-        super().setup(stage)
+    def _label_maps(self, stage: str) -> LabelMaps:
+        # Prediction needs none; the other stages score against every case's.
+        return "unused" if stage == "predict" else "required"
 
     def _strata(self) -> dict[str, str]:
         # Keeps both grades in proportion where the layout records them (BraTS 2018/19).

@@ -51,8 +51,10 @@ class LoadModalitiesd(MapTransform):
     """Load a case's image file(s) as one channel-first image, channels in ``MODALITIES`` order.
 
     The four BraTS files become four channels; the Decathlon's 4-D file (channels last) already
-    has them. Unlike ``LoadImaged``, a file whose data cannot be read, such as a truncated
-    ``.nii.gz`` that header validation lets through, raises a DataError naming that file.
+    has them. Unlike ``LoadImaged``, a file whose data cannot be read, such as a ``.nii.gz``
+    damaged inside its stream, or that holds NaN or infinite voxels, and a case whose images are
+    all zero, raise a DataError naming the file or the case: the quick check before training
+    reads headers only, and these would otherwise fail later without a name, or not at all.
     """
 
     def __init__(self, keys: KeysCollection = IMAGE_KEY) -> None:
@@ -62,16 +64,22 @@ class LoadModalitiesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         item = dict(data)
         for key in self.key_iterator(item):
+            paths = ensure_tuple(item[key])
             # torch.cat keeps the first file's metadata (affine); validation checked they agree.
-            item[key] = torch.cat([self._load_file(path) for path in ensure_tuple(item[key])])
+            item[key] = torch.cat([self._load_file(path) for path in paths])
+            if key != LABEL_KEY and not item[key].any():
+                raise DataError(f"{Path(paths[0]).parent}: every modality is all zero")
         return item
 
     def _load_file(self, path: str | Path) -> torch.Tensor:
         try:
-            return self._load(path)
+            image = self._load(path)
         # nibabel and gzip report a damaged file as EOFError, zlib.error, OSError, ValueError, ...
         except Exception as error:
             raise DataError(f"{path}: cannot read the image data ({error})") from error
+        if not torch.isfinite(image).all():
+            raise DataError(f"{path}: NaN or infinite voxels (resnext3d check-data counts them)")
+        return image
 
 
 def deterministic_transforms(
