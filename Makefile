@@ -10,12 +10,13 @@ TORCH ?= torch==2.13.0
 EXP ?=
 DATA ?=
 ARGS ?=
+RUN ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 
-.PHONY: help install test lint train check-data models bench clean
+.PHONY: help install test lint train check-data resume models bench clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -51,6 +52,10 @@ check-data: install ## read every file of a dataset, list every problem: make ch
 	@if [ -z "$(DATA)" ]; then \
 		echo "make check-data: say which dataset, e.g. make check-data DATA=data/BraTS2021" >&2; exit 2; fi
 	$(BIN)/resnext3d check-data "$(DATA)" $(ARGS)
+
+resume: install ## resume a run in its own directory from its last.ckpt: make resume RUN=runs/<exp>/<run> [ARGS=...]
+	@if [ -z "$(RUN)" ]; then echo "make resume: give the run directory, e.g. make resume RUN=runs/brats_cls/<run>" >&2; exit 2; fi
+	$(BIN)/resnext3d fit --resume "$(RUN)" $(ARGS)
 
 bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
 	$(BIN)/python -m benchmarks.bench $(ARGS)

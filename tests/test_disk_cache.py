@@ -83,7 +83,7 @@ def test_segmentation_items_keep_their_affine_on_cache_hits(phantom, tmp_path):
 def test_a_half_filled_cache_serves_batches_that_collate(phantom, tmp_path):
     data = classification(phantom, tmp_path / "cache")
     train = data.train_dataloader().dataset
-    train[0]  # one case cached, the others computed in the same batch
+    train[(0, 0)]  # (index, seed): one case cached, the others computed in the same batch
     assert len(cache_files(tmp_path / "cache")) == 1
     for _ in range(2):
         for batch in data.train_dataloader():

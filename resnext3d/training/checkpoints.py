@@ -123,7 +123,11 @@ def check_checkpoint_weights(
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
     missing, unexpected = sorted(expected.keys() - saved), sorted(saved.keys() - expected)
-    reshaped = sorted(name for name in expected.keys() & saved if expected[name] != saved[name])
+    # Convolution and linear weights first: their shapes tell the architecture apart.
+    reshaped = sorted(
+        (name for name in expected.keys() & saved if expected[name] != saved[name]),
+        key=lambda name: (len(saved[name]) < 2, name),
+    )
     if missing or unexpected or reshaped:
         examples = [
             *(f"{name} {saved[name]} where the model has {expected[name]}" for name in reshaped),
