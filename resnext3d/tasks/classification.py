@@ -138,7 +138,9 @@ class VolumeClassifier(VolumeTask):
                     f"{stage}: no case of class {', '.join(absent)} this epoch, so "
                     f"{', '.join(UNDEFINED_WITHOUT_A_CLASS)} are undefined and logged as NaN"
                 )
-        self.log_dict(values)
+        # Already gathered from every rank by compute(); the reduction of equal values is a no-op
+        # that keeps Lightning from warning about unsynchronised epoch metrics.
+        self.log_dict(values, sync_dist=True)
         metrics.reset()
         supports.reset()
 
