@@ -42,7 +42,7 @@ from resnext3d.data import BratsClassificationData, BratsSegmentationData, gener
 from resnext3d.data.datamodule import BratsDataModule
 from resnext3d.data.phantom import DEFAULT_SHAPE
 from resnext3d.models import count_macs, count_parameters, create_model
-from resnext3d.performance import (
+from resnext3d.training.performance import (
     cpu_bf16_conv_gradients_are_correct,
     cpu_has_native_bf16,
     guard_tiny_convolutions,
@@ -755,7 +755,7 @@ def print_models(models: dict, dense: dict) -> None:
         print(
             "\nbf16-mixed: the convolutions whose input is smaller than their kernel (stage 4 at "
             "64³) run in float32, as in the tasks: this torch computes their bf16 weight "
-            "gradients wrongly on this CPU (resnext3d.performance.TinyMapSafeConv3d)."
+            "gradients wrongly on this CPU (resnext3d.training.performance.TinyMapSafeConv3d)."
         )
     for row in models["rows"]:
         if row["compiled"]:

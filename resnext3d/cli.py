@@ -20,8 +20,6 @@ from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
 from resnext3d.models.complexity import complexity_table
-from resnext3d.models.registry import PRESETS
-from resnext3d.performance import accelerator_device_type, default_precision
 from resnext3d.training import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -33,6 +31,7 @@ from resnext3d.training import (
     read_checkpoint,
 )
 from resnext3d.training.checkpoints import resume_files
+from resnext3d.training.performance import accelerator_device_type, default_precision
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
@@ -47,7 +46,7 @@ class ResNeXtCLI(LightningCLI):
     in ``<save_dir>/<name>/<version>`` of its first logger, the version being the start time;
     a resumed run (`resume_dir`) continues in its own. A run that leaves ``trainer.precision``
     unset gets the fastest measured for its device
-    (:func:`resnext3d.performance.default_precision`). Every run has a
+    (:func:`resnext3d.training.performance.default_precision`). Every run has a
     :class:`~resnext3d.training.NonFiniteGuard` (configured under ``nonfinite``) and writes its
     checkpoints atomically (:class:`~resnext3d.training.AtomicCheckpointIO`); a checkpoint given
     with ``--ckpt_path`` is checked against the run's model before anything starts.
@@ -58,10 +57,13 @@ class ResNeXtCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # A link whose target the chosen task's network lacks (a classifier's num_classes for a
+        # segmentation network's out_channels, and the reverse) is skipped.
         for source, target in (
-            ("data.num_classes", "model.init_args.num_classes"),
+            ("data.in_channels", "model.init_args.network.init_args.in_channels"),
+            ("data.num_classes", "model.init_args.network.init_args.num_classes"),
+            ("data.num_classes", "model.init_args.network.init_args.out_channels"),
             ("data.class_names", "model.init_args.class_names"),
-            ("data.in_channels", "model.init_args.encoder.init_args.in_channels"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -258,10 +260,9 @@ def models_command(argv: list[str]) -> None:
                 num_classes=args.num_classes,
             )
             macs = count_macs(model, shape)
-        preset = {"cardinality": 1, "base_width": 64, **PRESETS[name]}
-        layers = "-".join(map(str, preset["layers"]))
+        layers = "-".join(map(str, model.layers))
         print(
-            f"{name:<20} {layers:<14} {preset['cardinality']:>3} {preset['base_width']:>3} "
+            f"{name:<20} {layers:<14} {model.cardinality:>3} {model.base_width:>3} "
             f"{count_parameters(model) / 1e6:>11.2f} {macs / 1e9:>9.2f}"
         )
 

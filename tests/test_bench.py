@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resnext3d.models import count_macs, count_parameters, create_model
-from resnext3d.performance import cpu_has_native_bf16
+from resnext3d.training.performance import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 24  # not the --quick default of 16, so that the run shows that --size reaches every model

@@ -54,8 +54,8 @@ class OneClassValidation(ToyVolumes):
 
 
 def test_macro_metrics_without_a_class_are_nan_with_one_warning(tmp_path):
-    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4)
-    model = VolumeClassifier(encoder, class_names=["LGG", "HGG"])
+    network = resnext3d.create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    model = VolumeClassifier(network, class_names=["LGG", "HGG"])
     trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

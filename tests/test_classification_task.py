@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from toy_data import TINY_ENCODER
+from toy_data import TINY_RESNEXT
 
 import resnext3d
 from resnext3d.cli import main
@@ -34,7 +34,7 @@ def toy_config(in_tmp_dir):
         },
         "model": {
             "class_path": "resnext3d.tasks.VolumeClassifier",
-            "init_args": {"encoder": TINY_ENCODER},
+            "init_args": {"network": TINY_RESNEXT},
         },
         "data": {"class_path": "toy_data.ToyVolumes"},
     }
@@ -69,18 +69,18 @@ def test_data_values_are_linked_into_the_model_and_overrides_apply(toy_config):
             str(toy_config),
             "--trainer.max_epochs",
             "1",
-            "--model.encoder.init_args.cardinality",
+            "--model.network.init_args.cardinality",
             "4",
         ]
     )
     (run,) = run_dirs()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert (
-        checkpoint["state_dict"]["encoder.conv1.weight"].shape[1] == 4
+        checkpoint["state_dict"]["network.conv1.weight"].shape[1] == 4
     )  # in_channels from the data
-    assert checkpoint["state_dict"]["head.1.weight"].shape[0] == 2
+    assert checkpoint["state_dict"]["network.fc.weight"].shape[0] == 2
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["init_args"]["encoder"]["init_args"]["cardinality"] == 4
+    assert config["model"]["init_args"]["network"]["init_args"]["cardinality"] == 4
 
 
 def test_predict_writes_one_row_of_probabilities_per_case(toy_config):
@@ -97,9 +97,9 @@ def test_predict_writes_one_row_of_probabilities_per_case(toy_config):
 
 
 def test_class_weights_must_match_the_classes():
-    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4)
+    network = resnext3d.create_model("resnext14_tiny", in_channels=4, num_classes=2)
     with pytest.raises(ValueError, match="3 entries for 2 classes"):
-        VolumeClassifier(encoder, num_classes=2, class_weights=[1.0, 2.0, 3.0])
+        VolumeClassifier(network, class_weights=[1.0, 2.0, 3.0])
 
 
 def test_make_train_names_the_experiments_for_an_unknown_one():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch.distributed
 import yaml
-from toy_data import TINY_ENCODER
+from toy_data import TINY_RESNEXT
 
 from resnext3d.data import generate_phantom
 
@@ -51,7 +51,7 @@ def runs(cwd: Path, name: str) -> list[Path]:
 
 
 def write_config(path: Path, trainer: dict, data: dict, norm: str = "batch") -> Path:
-    encoder = {**TINY_ENCODER, "init_args": {**TINY_ENCODER["init_args"], "norm": norm}}
+    network = {**TINY_RESNEXT, "init_args": {**TINY_RESNEXT["init_args"], "norm": norm}}
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -70,7 +70,7 @@ def write_config(path: Path, trainer: dict, data: dict, norm: str = "batch") -> 
         },
         "model": {
             "class_path": "resnext3d.tasks.VolumeClassifier",
-            "init_args": {"encoder": encoder},
+            "init_args": {"network": network},
         },
         "data": data,
     }

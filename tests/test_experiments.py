@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from resnext3d.cli import _keep_wandb_offline_without_key, main
-from resnext3d.performance import default_precision
+from resnext3d.training.performance import default_precision
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 

@@ -88,12 +88,12 @@ def test_a_checkpoint_of_another_encoder_is_named_with_a_differing_weight(
     last = classification_run / "checkpoints" / "last.ckpt"
     error = run_expecting_exit_1(
         ["validate", "--config", CLASSIFICATION, *small_data(tiny_phantom),
-         "--model.init_args.encoder.init_args.cardinality", "16", "--ckpt_path", str(last)],
+         "--model.init_args.network.init_args.cardinality", "16", "--ckpt_path", str(last)],
         capsys,
     )  # fmt: skip
     assert "whose weights do not fit this run's model" in error
     assert "176 differ in shape" in error
-    assert "encoder.layer1.0.conv1.weight (128, 64, 1, 1, 1) where the model has (64, 64" in error
+    assert "network.layer1.0.conv1.weight (128, 64, 1, 1, 1) where the model has (64, 64" in error
 
 
 def test_resuming_needs_a_run_with_a_checkpoint(classification_run, in_tmp_dir, capsys):

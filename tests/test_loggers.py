@@ -1,6 +1,6 @@
 import csv
 
-from resnext3d.loggers import ResumableCSVLogger
+from resnext3d.training.loggers import ResumableCSVLogger
 
 
 def read_metrics(path) -> list[dict]:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import yaml
-from toy_data import TINY_ENCODER
+from toy_data import TINY_RESNEXT
 
 from resnext3d.cli import main
 
@@ -19,7 +19,7 @@ def toy_config(in_tmp_dir):
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": {
-                "class_path": "resnext3d.loggers.ResumableCSVLogger",
+                "class_path": "resnext3d.training.ResumableCSVLogger",
                 "init_args": {"save_dir": "runs", "name": "toy"},
             },
             "callbacks": [
@@ -31,7 +31,7 @@ def toy_config(in_tmp_dir):
         },
         "model": {
             "class_path": "resnext3d.tasks.VolumeClassifier",
-            "init_args": {"encoder": TINY_ENCODER},
+            "init_args": {"network": TINY_RESNEXT},
         },
         "data": {"class_path": "toy_data.ToyVolumes"},
     }

@@ -1,14 +1,17 @@
 """Device-dependent defaults: precision, memory format, compilation."""
 
 import warnings
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from toy_data import ToyVolumes
 
-from resnext3d import create_model, performance
-from resnext3d.performance import (
+from resnext3d import create_model
+from resnext3d.tasks import VolumeClassifier
+from resnext3d.training import performance
+from resnext3d.training.performance import (
     TinyMapSafeConv3d,
     accelerator_device_type,
     cpu_has_native_bf16,
@@ -17,7 +20,6 @@ from resnext3d.performance import (
     uses_channels_last,
     warn_if_slow_precision,
 )
-from resnext3d.tasks import VolumeClassifier
 
 CPU = torch.device("cpu")
 
@@ -164,26 +166,26 @@ def fit_one_step(task: L.LightningModule, data: L.LightningDataModule, tmp_path)
 def test_fit_trains_in_the_memory_format_chosen_for_its_device(
     tmp_path, channels_last, memory_format
 ):
-    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
-    task = VolumeClassifier(encoder, channels_last=channels_last)
+    network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    task = VolumeClassifier(network, channels_last=channels_last)
     task.to(memory_format=torch.contiguous_format)  # as if built for another device
     fit_one_step(task, ToyVolumes(cases=4), tmp_path)
-    assert task.encoder.conv1.weight.is_contiguous(memory_format=memory_format)
+    assert task.network.conv1.weight.is_contiguous(memory_format=memory_format)
     assert task.memory_format == memory_format
 
 
 def test_compile_compiles_the_network_in_place_and_keeps_checkpoint_keys(tmp_path):
-    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
-    task = VolumeClassifier(encoder, compile=True)
+    network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    task = VolumeClassifier(network, compile=True)
     keys = set(task.state_dict())
     fit_one_step(task, ToyVolumes(cases=4), tmp_path)
-    assert task.encoder._compiled_call_impl is not None
+    assert task.network._compiled_call_impl is not None
     assert set(task.state_dict()) == keys  # no "_orig_mod." prefix: plain checkpoints load
 
 
 def test_the_default_optimizer_is_fused_adamw():
-    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
-    optimizer = VolumeClassifier(encoder).configure_optimizers()
+    network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    optimizer = VolumeClassifier(network).configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
 
 
@@ -193,15 +195,18 @@ def test_cpu_bf16_guards_tiny_convolutions_only_where_the_library_needs_it(
 ):
     monkeypatch.setattr(performance, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(performance, "cpu_bf16_conv_gradients_are_correct", lambda: library_correct)
-    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
-    task = VolumeClassifier(encoder)
-    performance.prepare_for_device(task, encoder, "auto", False, 3, CPU, "bf16-mixed")
-    guarded = isinstance(encoder.conv1, TinyMapSafeConv3d)
+    network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    task = VolumeClassifier(network)
+    task.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=CPU), precision="bf16-mixed"
+    )
+    task.configure_model()
+    guarded = isinstance(network.conv1, TinyMapSafeConv3d)
     assert guarded is not library_correct
 
 
 def test_tasks_return_float32_logits_under_bf16_autocast():
-    encoder = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = VolumeClassifier(encoder)(torch.randn(2, 4, 16, 16, 16))
+        logits = VolumeClassifier(network)(torch.randn(2, 4, 16, 16, 16))
     assert logits.dtype == torch.float32

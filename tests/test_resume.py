@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from toy_data import TINY_ENCODER
+from toy_data import TINY_RESNEXT
 
 ROOT = Path(__file__).parents[1]
 
@@ -34,7 +34,7 @@ def experiment(tiny_phantom, tmp_path) -> list[str]:
     """brats_cls with a tiny encoder, three epochs of three batches, deterministic."""
     overrides = tmp_path / "tiny.yaml"
     overrides.write_text(
-        yaml.safe_dump({"model": {"init_args": {"encoder": TINY_ENCODER}}, "trainer": {
+        yaml.safe_dump({"model": {"init_args": {"network": TINY_RESNEXT}}, "trainer": {
             "max_epochs": 3, "deterministic": True, "enable_progress_bar": False,
             "enable_model_summary": False, "log_every_n_steps": 1,
         }})

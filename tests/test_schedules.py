@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 import yaml
-from toy_data import TINY_ENCODER
+from toy_data import TINY_RESNEXT
 
 from resnext3d.cli import main
 from resnext3d.training import WarmupCosineLR
@@ -54,7 +54,7 @@ def test_the_rate_reaches_zero_at_the_end_of_any_run_length(in_tmp_dir, max_epoc
         "model": {
             "class_path": "resnext3d.tasks.VolumeClassifier",
             "init_args": {
-                "encoder": TINY_ENCODER,
+                "network": TINY_RESNEXT,
                 "scheduler": {"class_path": "resnext3d.training.WarmupCosineLR"},
             },
         },

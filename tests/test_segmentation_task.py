@@ -11,7 +11,7 @@ import torch
 import resnext3d
 from resnext3d.cli import main
 from resnext3d.tasks import VolumeSegmenter
-from resnext3d.visualize import orthogonal_slices, tumour_centre
+from resnext3d.training.visualize import orthogonal_slices, tumour_centre
 
 CONFIG = Path(__file__).parents[1] / "experiments" / "brats_seg.yaml"
 SMALL = [
@@ -52,15 +52,17 @@ def test_predict_writes_masks_on_the_input_grid_in_release_values(tiny_phantom, 
 
 
 def test_deep_supervision_trains_on_every_head():
-    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4, features_only=True)
-    task = VolumeSegmenter(encoder, decoder_channels=(64, 32, 16, 16, 8), deep_supervision=True)
+    network = resnext3d.ResNeXtUNet(
+        "resnext14_tiny", decoder_channels=(64, 32, 16, 16, 8), deep_supervision=True
+    )
+    task = VolumeSegmenter(network)
     batch = {
         "image": torch.randn(2, 4, 32, 32, 32),
         "label": (torch.rand(2, 3, 32, 32, 32) > 0.7).float(),
     }
     loss = task.training_step(batch, 0)
     loss.backward()
-    assert all(head.weight.grad is not None for head in task.net.supervision_heads)
+    assert all(head.weight.grad is not None for head in task.network.supervision_heads)
 
 
 def test_figure_slices_pass_through_the_tumour():

@@ -5,17 +5,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-# The resnext14_tiny preset as a CLI encoder spec.
-TINY_ENCODER = {
-    "class_path": "resnext3d.ResNeXt",
-    "init_args": {
-        "layers": [1, 1, 1, 1],
-        "cardinality": 8,
-        "base_width": 8,
-        "channels": [32, 64, 128, 256],
-        "stem_width": 32,
-    },
-}
+# The smallest preset as a CLI network spec.
+TINY_RESNEXT = {"class_path": "resnext3d.ResNeXt", "init_args": {"preset": "resnext14_tiny"}}
 
 
 class ToyVolumes(L.LightningDataModule):

@@ -4,7 +4,8 @@
 from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
-from resnext3d.models.registry import PRESETS, create_model, list_models
+from resnext3d.models.presets import PRESETS
+from resnext3d.models.registry import create_model, list_models
 from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt
 from resnext3d.models.weights import inflate_kernel, load_pretrained, read_state_dict
 

@@ -141,6 +141,7 @@ class ResNeXtUNet(nn.Module):
                 f"stages before the last), got {deep_supervision_heads}"
             )
         self.spatial_dims = spatial_dims
+        self.out_channels = out_channels
         self.total_stride = feature_strides[-1]
         self.deep_supervision = deep_supervision
 

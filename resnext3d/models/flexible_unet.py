@@ -15,7 +15,6 @@ in the decoder.
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
@@ -23,16 +22,13 @@ from monai.networks.blocks import BaseEncoder
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
 from resnext3d.models.decoder import check_divisible
-from resnext3d.models.registry import PRESETS
+from resnext3d.models.presets import PRESETS, architecture
 from resnext3d.models.resnext import BLOCKS, ResNeXt
 from resnext3d.models.weights import load_pretrained
 
 NAME_PREFIX = "resnext3d_"
 # FlexibleUNet's decoder has one 2× upsampling per feature map after the first.
 FLEXIBLE_UNET_STRIDES = (2, 4, 8, 16, 32)
-_RESNEXT_DEFAULTS = {
-    name: parameter.default for name, parameter in inspect.signature(ResNeXt).parameters.items()
-}
 
 
 class ResNeXtFlexibleUNetEncoder(ResNeXt, BaseEncoder):
@@ -63,7 +59,7 @@ class ResNeXtFlexibleUNetEncoder(ResNeXt, BaseEncoder):
                 "path>, or load one later with resnext3d.load_pretrained(model.encoder, path)"
             )
         super().__init__(
-            **PRESETS[preset],
+            preset=preset,
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             features_only=True,
@@ -104,7 +100,7 @@ class ResNeXtFlexibleUNetEncoder(ResNeXt, BaseEncoder):
 def _feature_channels(preset: str) -> tuple[int, ...]:
     """The channels of a preset's feature maps, read from its configuration: building networks
     here, even on the meta device, would add seconds to ``import resnext3d``."""
-    config = {**_RESNEXT_DEFAULTS, **PRESETS[preset]}
+    config = architecture(preset)
     expansion = BLOCKS[config["block"]].expansion
     return (config["stem_width"], *(planes * expansion for planes in config["channels"]))
 

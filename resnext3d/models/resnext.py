@@ -19,6 +19,8 @@ from monai.networks.layers.factories import Conv, Pool, split_args
 from monai.utils import ensure_tuple_rep
 from torch.utils.checkpoint import checkpoint
 
+from resnext3d.models.presets import architecture
+
 LayerSpec = str | tuple[str, dict]
 SpatialSize = int | Sequence[int]
 NUM_STAGES = 4
@@ -179,7 +181,13 @@ class FeatureInfo:
 class ResNeXt(nn.Module):
     """A ResNet/ResNeXt for ``spatial_dims`` 2 or 3.
 
+    ``ResNeXt(preset="resnext50_32x4d", drop_path_rate=0.05)`` builds a named preset
+    (:data:`resnext3d.models.PRESETS`); the architecture arguments (layers, block, cardinality,
+    base_width, channels, stem_width, se_reduction) left None take the preset's values, or those
+    of the 50-layer template (``resnet50``), and any given overrides the preset's.
+
     Args:
+        preset: a preset's name, e.g. ``"resnext50_32x4d"``; None for the template.
         layers: blocks per stage; ``(3, 4, 6, 3)`` is the 50-layer template.
         block: ``"bottleneck"`` (ResNeXt, ResNet-50 and deeper) or ``"basic"`` (ResNet-18/34).
         cardinality: C, the number of groups of the grouped 3×3 convolution.
@@ -198,8 +206,8 @@ class ResNeXt(nn.Module):
         norm: norm layer by MONAI name (``"batch"``, ``"instance"``, ``"group"``, or
             ``("group", {"num_groups": 16})``), used for every norm layer of the network.
         act: activation by MONAI name, used for every activation of the network.
-        se_reduction: if set, a squeeze-and-excitation layer with this reduction ratio ends
-            every block (SE-ResNeXt uses 16).
+        se_reduction: a squeeze-and-excitation layer with this reduction ratio ends every block
+            (SE-ResNeXt uses 16); 0 for none where the preset has one.
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         zero_init_last: start every block's last norm at zero scale, so blocks begin as identity.
@@ -213,16 +221,17 @@ class ResNeXt(nn.Module):
 
     def __init__(
         self,
-        layers: Sequence[int] = (3, 4, 6, 3),
-        block: Literal["bottleneck", "basic"] = "bottleneck",
-        cardinality: int = 1,
-        base_width: int = 64,
+        preset: str | None = None,
+        layers: Sequence[int] | None = None,
+        block: Literal["bottleneck", "basic"] | None = None,
+        cardinality: int | None = None,
+        base_width: int | None = None,
         spatial_dims: int = 3,
         in_channels: int = 3,
         num_classes: int = 1000,
-        channels: Sequence[int] = (64, 128, 256, 512),
+        channels: Sequence[int] | None = None,
         stem_type: Literal["basic", "deep"] = "basic",
-        stem_width: int = 64,
+        stem_width: int | None = None,
         stem_kernel_size: SpatialSize = 7,
         stem_stride: SpatialSize = 2,
         no_max_pool: bool = False,
@@ -238,7 +247,23 @@ class ResNeXt(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3, 4),
     ) -> None:
         super().__init__()
+        chosen = architecture(
+            preset,
+            layers=layers,
+            block=block,
+            cardinality=cardinality,
+            base_width=base_width,
+            channels=channels,
+            stem_width=stem_width,
+            se_reduction=se_reduction,
+        )
+        layers, block, channels = chosen["layers"], chosen["block"], chosen["channels"]
+        cardinality, base_width = chosen["cardinality"], chosen["base_width"]
+        stem_width, se_reduction = chosen["stem_width"], chosen["se_reduction"]
         _check_arguments(layers, block, cardinality, base_width, spatial_dims, channels, strides)
+        # What was built, for tables and studies: C, d and the depth of each stage.
+        self.preset, self.layers, self.block = preset, tuple(layers), block
+        self.cardinality, self.base_width = cardinality, base_width
         block_cls = BLOCKS[block]
         self.spatial_dims = spatial_dims
         self.num_classes = num_classes

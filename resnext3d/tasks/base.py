@@ -11,7 +11,8 @@ import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 
-from resnext3d.performance import ChannelsLast, prepare_for_device
+from resnext3d.training import performance
+from resnext3d.training.performance import ChannelsLast
 from resnext3d.training.reproducibility import SeedEveryStep
 
 
@@ -24,7 +25,8 @@ def fused_adamw(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
 class VolumeTask(L.LightningModule):
     """A LightningModule around one network (``self.network``) of ``spatial_dims`` dimensions.
 
-    Inputs take ``self.memory_format``, which ``setup`` chooses for the trainer's device. Every
+    Inputs take ``self.memory_format``, which ``configure_model`` chooses for the trainer's
+    device, as each batch arrives on it (``on_after_batch_transfer``). Every
     stage's loss is logged as ``<stage>/loss``, a torchmetrics mean over the epoch.
 
     Args:
@@ -34,7 +36,7 @@ class VolumeTask(L.LightningModule):
             :class:`resnext3d.training.WarmupCosineLR`, is given the run's length in steps.
         channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
             does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
-            :mod:`resnext3d.performance`).
+            :mod:`resnext3d.training.performance`).
         compile: compile the network with ``torch.compile`` when training starts: on CPU it made
             inference 1.2–1.4× faster and training 0–6%, after about a minute of compiling.
     """
@@ -54,7 +56,7 @@ class VolumeTask(L.LightningModule):
         self.scheduler = scheduler
         self.channels_last = channels_last
         self.compile_network = compile
-        self.memory_format = torch.contiguous_format  # until setup() knows the device
+        self.memory_format = torch.contiguous_format  # until configure_model knows the device
         # A torchmetrics mean weighs every volume of every rank once, however batches fall; a NaN
         # loss makes the mean NaN, as it is, instead of being dropped from it.
         self.losses = nn.ModuleDict(
@@ -66,16 +68,28 @@ class VolumeTask(L.LightningModule):
         mean.update(loss.detach(), weight=batch_size)
         self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, batch_size=batch_size)
 
-    def setup(self, stage: str) -> None:
-        self.memory_format = prepare_for_device(
-            self,
-            self.network,
-            self.channels_last,
-            self.compile_network,
-            self.spatial_dims,
-            self.trainer.strategy.root_device,
-            str(self.trainer.precision),
+    def configure_model(self) -> None:
+        """The fast paths of the device the trainer put the task on (see
+        :mod:`resnext3d.training.performance`): weights in the memory format inputs will take, tiny
+        convolutions kept in float32 where the CPU's bf16 gets their gradients wrong, and the
+        network compiled in place (its state-dict keys stay the same) if asked."""
+        device = self.trainer.strategy.root_device
+        precision = str(self.trainer.precision)
+        self.memory_format = performance.memory_format(
+            performance.uses_channels_last(self.channels_last, device), self.spatial_dims
         )
+        self.to(memory_format=self.memory_format)
+        if device.type == "cpu" and precision.startswith("bf16"):
+            performance.warn_if_slow_precision(precision, device)
+            if not performance.cpu_bf16_conv_gradients_are_correct():
+                performance.guard_tiny_convolutions(self)
+        if self.compile_network:
+            self.network.compile()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
+            batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
+        return batch
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

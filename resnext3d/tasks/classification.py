@@ -19,9 +19,9 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
-from resnext3d.callbacks import ClassPredictionWriter
-from resnext3d.performance import ChannelsLast
 from resnext3d.tasks.base import VolumeTask, fused_adamw
+from resnext3d.training.callbacks import ClassPredictionWriter
+from resnext3d.training.performance import ChannelsLast
 
 STAGES = ("train", "val", "test")
 # Averages over the classes: one without a case makes them meaningless.
@@ -32,42 +32,37 @@ class VolumeClassifier(VolumeTask):
     """Classifies whole volumes; logs ``{train,val,test}/{loss,acc,balanced_acc,auroc,f1}``.
 
     Args:
-        encoder: a network with ``reset_classifier`` and ``num_features``, e.g.
-            :class:`resnext3d.ResNeXt`; its own classifier is replaced by this task's head.
-        num_classes: number of classes (linked from the data module by the CLI).
-        class_names: names of the classes in index order, written by ``predict``.
+        network: a classification network with a ``num_classes`` attribute, e.g. a
+            :class:`resnext3d.ResNeXt` preset, whose own classifier (and its ``drop_rate``
+            dropout) is the head; its ``in_channels`` and ``num_classes`` are linked from the
+            data module by the CLI.
+        class_names: names of the classes in index order, written by ``predict`` (linked).
         class_weights: cross-entropy weight of each class, for imbalanced data.
         label_smoothing: cross-entropy label smoothing.
-        head_dropout: dropout before the linear head.
         optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
-        num_classes: int = 2,
+        network: nn.Module,
         class_names: Sequence[str] | None = None,
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
-        head_dropout: float = 0.0,
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, channels_last, compile)
-        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
+        num_classes = network.num_classes
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(
                 f"class_weights has {len(class_weights)} entries for {num_classes} classes"
             )
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
-        self.encoder = encoder
-        self.spatial_dims = getattr(encoder, "spatial_dims", 3)
-        encoder.reset_classifier(0)
-        self.head = nn.Sequential(
-            nn.Dropout(head_dropout), nn.Linear(encoder.num_features, num_classes)
-        )
+        self.network = network
+        self.spatial_dims = getattr(network, "spatial_dims", 3)
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         metrics = MetricCollection(
@@ -87,9 +82,8 @@ class VolumeClassifier(VolumeTask):
         self._warned_undefined: set[str] = set()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(image.contiguous(memory_format=self.memory_format))
         # Float32 logits under mixed precision too: the loss, softmax and metrics need them.
-        return self.head(features).float()
+        return self.network(image).float()
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["image"])
@@ -146,11 +140,6 @@ class VolumeClassifier(VolumeTask):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"case_id": list(batch["case_id"]), "probabilities": self(batch["image"]).softmax(1)}
-
-    @property
-    def network(self) -> nn.Module:
-        """What ``compile`` compiles: the encoder (the head is one linear layer)."""
-        return self.encoder
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [*super().configure_callbacks(), ClassPredictionWriter()]

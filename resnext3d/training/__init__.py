@@ -1,5 +1,7 @@
 """What a training run needs besides its task and data: stopping on non-finite values,
-reproducible random streams, safe checkpoints and resuming, and schedules fitted to the run."""
+reproducible random streams, safe checkpoints and resuming, schedules fitted to the run, the
+device's fast paths, a resumable CSV log, and what runs write besides checkpoints (predictions,
+figures: :mod:`resnext3d.training.callbacks`)."""
 
 from resnext3d.training.checkpoints import (
     AtomicCheckpointIO,
@@ -9,6 +11,7 @@ from resnext3d.training.checkpoints import (
     prepare_resume,
     read_checkpoint,
 )
+from resnext3d.training.loggers import ResumableCSVLogger
 from resnext3d.training.nonfinite import NonFiniteError, NonFiniteGuard
 from resnext3d.training.reproducibility import SeedEveryStep
 from resnext3d.training.schedules import WarmupCosineLR
@@ -18,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "NonFiniteError",
     "NonFiniteGuard",
+    "ResumableCSVLogger",
     "SeedEveryStep",
     "WarmupCosineLR",
     "check_checkpoint_task",

@@ -119,26 +119,3 @@ def warn_if_slow_precision(precision: str, device: torch.device) -> None:
             "when measured; use --trainer.precision 32-true",
             stacklevel=2,
         )
-
-
-def prepare_for_device(
-    task: nn.Module,
-    network: nn.Module,
-    channels_last: ChannelsLast,
-    compile_network: bool,
-    spatial_dims: int,
-    device: torch.device,
-    precision: str,
-) -> torch.memory_format:
-    """Put `task`'s weights in the memory format that suits `device`, keep its tiny
-    convolutions correct under CPU bf16, compile `network` in place if asked (its state-dict keys
-    stay the same), warn of a slow precision; returns the memory format inputs should take."""
-    chosen = memory_format(uses_channels_last(channels_last, device), spatial_dims)
-    task.to(memory_format=chosen)
-    cpu_bf16 = device.type == "cpu" and precision.startswith("bf16")
-    if cpu_bf16 and not cpu_bf16_conv_gradients_are_correct():
-        guard_tiny_convolutions(task)
-    if compile_network:
-        network.compile()
-    warn_if_slow_precision(precision, device)
-    return chosen

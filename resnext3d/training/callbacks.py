@@ -17,7 +17,7 @@ from monai.data import decollate_batch
 from monai.transforms import Invertd
 
 from resnext3d.data.regions import regions_to_labels
-from resnext3d.visualize import segmentation_figure
+from resnext3d.training.visualize import segmentation_figure
 
 
 def run_dir(trainer: L.Trainer) -> Path:
