@@ -10,11 +10,13 @@ TORCH ?= torch==2.13.0
 EXP ?=
 DATA ?=
 ARGS ?=
+LOGGER ?=
 RUN ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
+LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
 
 .PHONY: help install test lint train check-data resume models bench clean
 
@@ -23,7 +25,7 @@ help: ## list the targets
 	@echo
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 	@echo
-	@echo "  experiments: $(EXPERIMENTS)"
+	@echo "  experiments: $(EXPERIMENTS)   loggers (LOGGER=): $(LOGGERS)"
 	@echo "  e.g. make train EXP=brats_cls [DATA=/path/to/BraTS] [ARGS='--trainer.max_epochs 3']"
 
 install: $(STAMP) ## create .venv and install the package with its dev tools (idempotent)
@@ -42,11 +44,15 @@ lint: install ## ruff check and format check
 	$(BIN)/ruff check resnext3d tests benchmarks
 	$(BIN)/ruff format --check resnext3d tests benchmarks
 
-train: install ## train an experiment: make train EXP=<name> [DATA=dir] [ARGS=...]
+train: install ## train an experiment: make train EXP=<name> [DATA=dir] [LOGGER=wandb|csv] [ARGS=...]
 	@if [ -z "$(EXP)" ] || [ ! -f "experiments/$(EXP).yaml" ]; then \
 		echo "make train: unknown experiment '$(EXP)'. Choose one of: $(EXPERIMENTS)" >&2; \
 		echo "  e.g. make train EXP=$(firstword $(EXPERIMENTS))" >&2; exit 2; fi
-	$(BIN)/resnext3d fit --config experiments/$(EXP).yaml $(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
+	@if [ -n "$(LOGGER)" ] && [ ! -f "experiments/loggers/$(LOGGER).yaml" ]; then \
+		echo "make train: unknown LOGGER '$(LOGGER)'. Choose one of: $(LOGGERS)" >&2; exit 2; fi
+	$(BIN)/resnext3d fit --config experiments/$(EXP).yaml \
+		$(if $(LOGGER),--config experiments/loggers/$(LOGGER).yaml) \
+		$(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
 
 check-data: install ## read every file of a dataset, list every problem: make check-data DATA=dir [ARGS='--task segmentation']
 	@if [ -z "$(DATA)" ]; then \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import os
 import sys
@@ -30,13 +31,14 @@ from resnext3d.training import (
     prepare_resume,
     read_checkpoint,
 )
-from resnext3d.training.checkpoints import resume_files
+from resnext3d.training.checkpoints import CONFIG_FILE, best_checkpoint, resume_files
 from resnext3d.training.performance import accelerator_device_type, default_precision
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
 RUN_VERSION_VARIABLE = "RESNEXT3D_RUN_VERSION"
 _RUN_NUMBERS = itertools.count()
+DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
 
 
 class ResNeXtCLI(LightningCLI):
@@ -52,8 +54,11 @@ class ResNeXtCLI(LightningCLI):
     with ``--ckpt_path`` is checked against the run's model before anything starts.
     """
 
-    def __init__(self, *args, resume_dir: Path | None = None, **kwargs) -> None:
-        self.resume_dir = resume_dir
+    def __init__(
+        self, *args, resume_dir: Path | None = None, source_run: Path | None = None, **kwargs
+    ) -> None:
+        self.resume_dir = resume_dir  # continue in this run directory
+        self.source_run = source_run  # the run whose config and checkpoint this one uses
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -110,25 +115,54 @@ class ResNeXtCLI(LightningCLI):
                 logger.init_args.save_dir = str(self.resume_dir.parent.parent)
                 logger.init_args.name = self.resume_dir.parent.name
                 logger.init_args.version = self.resume_dir.name
-            else:
-                if getattr(logger.init_args, "version", None) is None:
-                    logger.init_args.version = version
-                # Absolute: the checkpoints' directory is recorded in them, and a resumed run
-                # keeps its best and top-k scores only if its directory is the same string.
-                if getattr(logger.init_args, "save_dir", None):
-                    logger.init_args.save_dir = str(Path(logger.init_args.save_dir).resolve())
-            if logger.class_path.endswith("WandbLogger"):
-                _keep_wandb_offline_without_key(logger)
+                continue
+            if self.source_run is not None:  # a new run beside the one it evaluates
+                logger.init_args.save_dir = str(self.source_run.parent.parent)
+                logger.init_args.name = self.source_run.parent.name
+                logger.init_args.version = version
+            if getattr(logger.init_args, "version", None) is None:
+                logger.init_args.version = version
+            if getattr(logger.init_args, "name", None) in (None, "lightning_logs"):
+                logger.init_args.name = self._experiment_name()
+            # Absolute: the checkpoints' directory is recorded in them, and a resumed run keeps
+            # its best and top-k scores only if its directory is the same string.
+            if getattr(logger.init_args, "save_dir", None):
+                logger.init_args.save_dir = str(Path(logger.init_args.save_dir).resolve())
         if config.trainer.precision is None:
             device_type = accelerator_device_type(config.trainer.accelerator)
             if device_type is not None:
                 config.trainer.precision = default_precision(device_type)
         if self.resume_dir is not None:
             config.trainer.default_root_dir = str(self.resume_dir)
-        elif config.trainer.default_root_dir is None:
-            first = loggers[0].init_args if loggers else None
+        elif config.trainer.default_root_dir is None or self.source_run is not None:
+            first = next((lg.init_args for lg in loggers if _writes_files(lg)), None)
             base = Path(first.save_dir) / first.name if first else Path("runs")
             config.trainer.default_root_dir = str(base / str(first.version if first else version))
+        for logger in loggers:
+            if logger.class_path.endswith("WandbLogger"):
+                # Its files beside the run's other logs, the run's version as its id.
+                logger.init_args.save_dir = config.trainer.default_root_dir
+                _keep_wandb_offline_without_key(logger)
+        self._monitor_the_tasks_metric(config)
+
+    def _experiment_name(self) -> str:
+        """The name of the first --config file (runs/<name>/...), or "run" without one."""
+        files = [Path(str(path)) for path in self._subcommand_config().get("config") or []]
+        return files[0].stem if files else "run"
+
+    @staticmethod
+    def _monitor_the_tasks_metric(config) -> None:
+        """Checkpoint callbacks without a monitor keep the best of the task's own metric."""
+        module, _, name = config.model.class_path.rpartition(".")
+        task = getattr(importlib.import_module(module), name)
+        for callback in config.trainer.callbacks or []:
+            arguments = getattr(callback, "init_args", None)
+            if callback.class_path.endswith("ModelCheckpoint") and arguments.monitor is None:
+                arguments.monitor, arguments.mode = task.checkpoint_monitor
+
+
+def _writes_files(logger) -> bool:
+    return not logger.class_path.endswith("WandbLogger")
 
 
 def _run_version() -> str:
@@ -186,9 +220,15 @@ def lightning_main(argv: list[str] | None) -> None:
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
+    # Lightning says, whenever a data module is used, that the task's batch hook (the memory
+    # format) is the one that runs: it is, by design.
+    warnings.filterwarnings(
+        "ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`"
+    )
     launching = RUN_VERSION_VARIABLE not in os.environ
     args = list(sys.argv[1:] if argv is None else argv)
-    args, resume_dir = _resume_arguments(args, prepare=launching)
+    args, run_dir = _run_arguments(args, prepare=launching)
+    resume_dir = run_dir if args[0] == "fit" else None
     if resume_dir is not None:
         os.environ[RUN_VERSION_VARIABLE] = resume_dir.name  # DDP workers resume there too
     try:
@@ -200,37 +240,57 @@ def lightning_main(argv: list[str] | None) -> None:
             # A resumed run, or a requeued SLURM job, continues in its own directory, where its
             # config already is (the resumed one keeps the earlier config beside it).
             save_config_kwargs={"overwrite": resume_dir is not None or _is_requeued_slurm_job()},
+            # The loggers and callbacks every run starts from, before its --config files.
+            parser_kwargs={
+                command: {"default_config_files": [str(DEFAULTS)]} for command in LIGHTNING_COMMANDS
+            },
             resume_dir=resume_dir,
+            source_run=run_dir,
         )
     finally:
         if launching:  # the next run of this process, or a process it starts, is another run
             os.environ.pop(RUN_VERSION_VARIABLE, None)
 
 
-def _resume_arguments(args: list[str], prepare: bool) -> tuple[list[str], Path | None]:
-    """``fit --resume RUN_DIR [overrides]`` as ``fit --config RUN_DIR/config.yaml --ckpt_path
-    RUN_DIR/checkpoints/last.ckpt [overrides]``; `prepare` readies the run directory (once, in
-    the process that launches the run, not in each DDP worker)."""
-    for index, arg in enumerate(args):
-        if arg == "--resume" or arg.startswith("--resume="):
-            value = arg.partition("=")[2] if "=" in arg else None
-            end = index + 1 if value is not None else index + 2
-            if value is None:
-                if index + 1 >= len(args):
-                    raise CheckpointError("--resume needs a run directory")
-                value = args[index + 1]
-            break
-    else:
+def _run_arguments(args: list[str], prepare: bool) -> tuple[list[str], Path | None]:
+    """A run directory in place of a config and a checkpoint:
+
+    - ``fit --resume RUN_DIR [overrides]``: ``fit --config RUN_DIR/config.yaml --ckpt_path
+      RUN_DIR/checkpoints/last.ckpt``, continuing in RUN_DIR; `prepare` readies it (once, in the
+      process that launches the run, not in each DDP worker);
+    - ``validate|test|predict --run RUN_DIR [overrides]``: the run's config and best checkpoint
+      (its last where it kept no best), in a new run directory beside it.
+
+    Returns the arguments and the run directory given, if any.
+    """
+    command = args[0]
+    option = "--resume" if command == "fit" else "--run"
+    run_dir, rest = _take_option(args, option)
+    if run_dir is None:
         return args, None
-    rest = args[:index] + args[end:]
-    if rest[:1] != ["fit"] or "--config" in rest or "--ckpt_path" in rest:
+    if "--config" in rest or "--ckpt_path" in rest:
         raise CheckpointError(
-            "--resume RUN_DIR goes with fit alone (resnext3d fit --resume RUN_DIR [overrides]): "
-            "the run's own config and last checkpoint are used"
+            f"{option} RUN_DIR takes the run's own config and checkpoint: give overrides only "
+            f"(resnext3d {command} {option} RUN_DIR [--data.data_dir DIR ...])"
         )
-    run_dir = Path(value).resolve()
-    config, last = prepare_resume(run_dir) if prepare else resume_files(run_dir)
-    return ["fit", "--config", str(config), "--ckpt_path", str(last), *rest[1:]], run_dir
+    run_dir = Path(run_dir).resolve()
+    if command == "fit":
+        config, checkpoint = prepare_resume(run_dir) if prepare else resume_files(run_dir)
+    else:
+        config, checkpoint = run_dir / CONFIG_FILE, best_checkpoint(run_dir)
+    return [command, "--config", str(config), "--ckpt_path", str(checkpoint), *rest[1:]], run_dir
+
+
+def _take_option(args: list[str], option: str) -> tuple[str | None, list[str]]:
+    """The value of `option` (``--option VALUE`` or ``--option=VALUE``) and the other args."""
+    for index, arg in enumerate(args):
+        if arg == option:
+            if index + 1 >= len(args):
+                raise CheckpointError(f"{option} needs a run directory")
+            return args[index + 1], args[:index] + args[index + 2 :]
+        if arg.startswith(f"{option}="):
+            return arg.partition("=")[2], args[:index] + args[index + 1 :]
+    return None, args
 
 
 def models_command(argv: list[str]) -> None:

@@ -65,8 +65,13 @@ def test_a_checkpoint_validates_tests_predicts_and_resumes_through_the_cli(
     # Tensors and plain Python values only: no MONAI MetaTensor, no pickled object.
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 1
-    for command in ("validate", "test", "predict"):
+    for command in ("validate", "test"):
         main([command, *experiment, "--ckpt_path", str(last)])
+    # The run's own config and best checkpoint, into a new run directory beside it.
+    before = set((in_tmp_dir / "runs" / config.stem).iterdir())
+    main(["predict", "--run", str(run), *small_data(tiny_phantom)])
+    (predicted,) = set((in_tmp_dir / "runs" / config.stem).iterdir()) - before
+    assert list(predicted.glob("predictions*"))
     runs = set((in_tmp_dir / "runs" / config.stem).iterdir())
     resume = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1"]
     main(["fit", "--resume", str(run), *resume])

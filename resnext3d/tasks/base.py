@@ -43,6 +43,8 @@ class VolumeTask(L.LightningModule):
 
     network: nn.Module
     spatial_dims: int
+    # The metric and mode checkpoints keep the best of, when the config names none.
+    checkpoint_monitor: tuple[str, str] = ("val/loss", "min")
 
     def __init__(
         self,

@@ -42,6 +42,8 @@ class VolumeClassifier(VolumeTask):
         optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
+    checkpoint_monitor = ("val/auroc", "max")
+
     def __init__(
         self,
         network: nn.Module,

@@ -40,6 +40,8 @@ class VolumeSegmenter(VolumeTask):
         optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
+    checkpoint_monitor = ("val/dice_mean", "max")
+
     def __init__(
         self,
         network: nn.Module,

@@ -157,6 +157,20 @@ def resume_files(run_dir: str | Path) -> tuple[Path, Path]:
     return config, last
 
 
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint of `run_dir` with the best monitored score, as its last checkpoint records
+    it; the last checkpoint where none was kept. Found by name in the run's checkpoints folder,
+    so a run directory that was moved or copied still works."""
+    _, last = resume_files(run_dir)
+    states = read_checkpoint(last).get("callbacks", {})
+    best = next(
+        (s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")),
+        None,
+    )
+    candidate = last.parent / Path(best).name if best else last
+    return candidate if candidate.is_file() else last
+
+
 def prepare_resume(run_dir: str | Path) -> tuple[Path, Path]:
     """Put `run_dir` in order to be resumed; returns its config and its last checkpoint.
 
