@@ -193,8 +193,24 @@ def test_case_in_two_folders_is_named(tmp_path):
         discover_cases(tmp_path)
 
 
-def test_unreadable_decathlon_index_is_named(tmp_path):
-    (tmp_path / "dataset.json").write_text('{"name": "BRATS"}')
+def test_decathlon_paths_are_relative_to_the_index(tmp_path):
+    write_decathlon(tmp_path, ["BRATS_001", "BRATS_002"])
+    index = json.loads((tmp_path / "dataset.json").read_text())
+    del index["training"][1]["label"]  # a case without a label map
+    (tmp_path / "dataset.json").write_text(json.dumps(index))
+    first, second = discover_cases(tmp_path)
+    assert first.images == (tmp_path / "imagesTr" / "BRATS_001.nii.gz",)
+    assert first.label_map == tmp_path / "labelsTr" / "BRATS_001.nii.gz"
+    assert second.label_map is None
+
+
+@pytest.mark.parametrize(
+    "index",
+    ['{"name": "BRATS"}', "{not json", '{"training": ["imagesTr/BRATS_001.nii.gz"]}'],
+    ids=["no training list", "not JSON", "entry not a dict"],
+)
+def test_unreadable_decathlon_index_is_named(tmp_path, index):
+    (tmp_path / "dataset.json").write_text(index)
     with pytest.raises(DataError, match=r"dataset\.json: cannot read its 'training' list"):
         discover_cases(tmp_path)
 

@@ -42,8 +42,21 @@ def test_kfold_folds_are_disjoint_covering_and_stratified():
         per_fold = [class_counts(split.val)[name] for split in folds]
         assert max(per_fold) - min(per_fold) <= 1, name
         assert sum(per_fold) == total
-    assert kfold_split(LABELS, 2, 5, seed=0) == folds[2]
+    sizes = [len(split.val) for split in folds]
+    assert max(sizes) - min(sizes) <= 1
+    assert kfold_split(dict(reversed(LABELS.items())), 2, 5, seed=0) == folds[2]
     assert kfold_split(LABELS, 2, 5, seed=1).val != folds[2].val
+
+
+def test_kfold_takes_a_class_smaller_than_the_number_of_folds():
+    labels = {f"hgg_{index}": "HGG" for index in range(12)} | {"lgg_0": "LGG", "lgg_1": "LGG"}
+    folds = [kfold_split(labels, fold, num_folds=5, seed=0) for fold in range(5)]
+    assert sorted(case_id for split in folds for case_id in split.val) == sorted(labels)
+    assert [sum(case_id.startswith("lgg") for case_id in split.val) for split in folds].count(
+        1
+    ) == 2
+    sizes = [len(split.val) for split in folds]
+    assert max(sizes) - min(sizes) <= 1
 
 
 def test_split_round_trips_through_json(tmp_path):

@@ -51,6 +51,26 @@ def test_decathlon_edema_is_not_tumour_core():
 
 
 @pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("to_type", [np.asarray, torch.as_tensor, MetaTensor])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_every_value_gives_the_regions_of_its_tissue(release, to_type, dtype):
+    labels = TUMOUR_LABELS[release]
+    label_map = random_label_map(release, seed=1)
+    assert set(np.unique(label_map)) == set(labels.values)
+    expected = np.stack(
+        [
+            np.isin(label_map[0], [labels.core, labels.enhancing]),
+            np.isin(label_map[0], [labels.core, labels.edema, labels.enhancing]),
+            label_map[0] == labels.enhancing,
+        ]
+    )
+    regions = labels_to_regions(to_type(label_map), release, dtype=dtype)
+    assert type(regions) is type(to_type(label_map))
+    assert regions.dtype in (dtype, np.dtype(str(dtype).removeprefix("torch.")))
+    np.testing.assert_array_equal(np.asarray(regions), expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("release", RELEASES)
 @pytest.mark.parametrize("to_type", [np.asarray, torch.as_tensor])
 def test_regions_are_nested_and_round_trip_to_the_label_map(release, to_type):
     label_map = to_type(random_label_map(release))

@@ -12,12 +12,13 @@ Supported layouts, detected from the files:
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from monai.data import load_decathlon_datalist
 
 from resnext3d.data.errors import DataError, raise_for_problems
 
@@ -125,18 +126,17 @@ def _brats_case(
 
 
 def _decathlon_cases(root: Path) -> list[BratsCase]:
-    # Read dataset.json directly: MONAI's DecathlonDataset insists on downloading.
+    # MONAI's reader rather than its DecathlonDataset, which insists on downloading.
     index_path = root / "dataset.json"
     try:
-        training = json.loads(index_path.read_text())["training"]
         return [
             BratsCase(
                 case_id=_without_nifti_extension(Path(entry["image"]).name),
-                images=(root / entry["image"],),
-                label_map=root / entry["label"] if entry.get("label") else None,
+                images=(Path(entry["image"]),),
+                label_map=Path(entry["label"]) if entry.get("label") else None,
                 release="decathlon",
             )
-            for entry in training
+            for entry in load_decathlon_datalist(index_path)
         ]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{index_path}: cannot read its 'training' list ({error!r})") from error

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform
 from monai.utils import (
     PostFix,
     TransformBackends,
@@ -81,10 +81,10 @@ def labels_to_regions(
     if tensor.ndim > 0 and tensor.shape[0] == 1:
         tensor = tensor[0]
     check_label_values(tensor, release, filename)
-    enhancing = tensor == labels.enhancing
-    core = enhancing | (tensor == labels.core)
-    whole = core | (tensor == labels.edema)
-    regions = torch.stack([core, whole, enhancing])
+    # MONAI's converter reads BraTS 2018-2021 values only: its `et_label` for 2023 came with
+    # MONAI 1.6, and the Decathlon swaps core and edema. So every map is translated first.
+    as_brats2021 = MapLabelValue(labels.values, TUMOUR_LABELS["brats2021"].values, torch.uint8)
+    regions = ConvertToMultiChannelBasedOnBratsClasses()(as_brats2021(tensor))
     return convert_to_dst_type(regions, dst=label_map, dtype=dtype)[0]
 
 
@@ -137,7 +137,8 @@ def check_label_values(
 
 class ConvertToBratsRegionsd(MapTransform):
     """Replace label maps with their TC, WT, ET masks (:func:`labels_to_regions`); the error for
-    unknown label values names the file the map was loaded from."""
+    unknown label values names the file the map was loaded from (MONAI's
+    ``ConvertToMultiChannelBasedOnBratsClassesd`` counts them as background)."""
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 

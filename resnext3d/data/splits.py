@@ -40,6 +40,8 @@ def holdout_split(labels: Mapping[str, str], val_fraction: float, seed: int) -> 
     """Hold out `val_fraction` of each class (rounded) for validation."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    # Not MONAI's partition_dataset_classes: it rounds halves up and shuffles with another
+    # generator, so every run's validation cases would change, and k-fold cannot use it (below).
     val = [
         case_id
         for case_ids in _shuffled_by_class(labels, seed)
@@ -53,7 +55,8 @@ def kfold_split(labels: Mapping[str, str], fold: int, num_folds: int, seed: int)
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must lie in [0, {num_folds}), got {fold}")
     # Deal the cases to the folds in turn, class after class: fold sizes, and each class's count
-    # per fold, then differ by at most one.
+    # per fold, then differ by at most one. MONAI's partition_dataset_classes starts every class at
+    # fold 0, so the first folds gather the remainders, and refuses a class smaller than num_folds.
     dealt = [case_id for case_ids in _shuffled_by_class(labels, seed) for case_id in case_ids]
     val = dealt[fold::num_folds]
     return _split(labels, val, seed=seed, fold=fold, num_folds=num_folds, val_fraction=None)
