@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
 
-.PHONY: help install test lint train check-data resume models bench clean
+.PHONY: help install test test-slow lint train check-data resume models bench clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -39,6 +39,9 @@ $(STAMP): pyproject.toml
 
 test: install ## run the test suite (CPU, minutes)
 	$(BIN)/python -m pytest
+
+test-slow: install ## the tests marked slow (multi-process DDP, end-to-end benchmark)
+	$(BIN)/python -m pytest -m slow
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check resnext3d tests benchmarks

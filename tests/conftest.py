@@ -7,7 +7,8 @@ from resnext3d.data import generate_phantom
 
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory):
-    """Eight small BraTS-2021-layout cases (four per grade), shared by the end-to-end tests."""
+    """Eight small BraTS-2021-layout cases (grades alternating, seed 0), shared by every test
+    that reads a phantom without changing it."""
     return generate_phantom(tmp_path_factory.mktemp("phantom"), cases=8, shape=(32, 32, 24))
 
 

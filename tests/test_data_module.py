@@ -10,29 +10,24 @@ from lightning import Trainer
 from resnext3d.data import BratsClassificationData, DataError, generate_phantom
 from resnext3d.data.datamodule import PHANTOM_DIR
 
-CASES = 8
+CASES = 8  # the session's tiny_phantom (tests/conftest.py)
 
 
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory):
-    return generate_phantom(tmp_path_factory.mktemp("phantom"), CASES, shape=(32, 32, 24))
-
-
-def data_module(phantom_dir, **overrides):
+def data_module(tiny_phantom, **overrides):
     settings = {"roi_size": (32, 32, 32), "batch_size": 2, "num_workers": 0, **overrides}
-    return BratsClassificationData(data_dir=str(phantom_dir), **settings)
+    return BratsClassificationData(data_dir=str(tiny_phantom), **settings)
 
 
-def test_properties_are_known_before_setup(phantom_dir):
-    data = data_module(phantom_dir)
+def test_properties_are_known_before_setup(tiny_phantom):
+    data = data_module(tiny_phantom)
     assert data.class_names == ["LGG", "HGG"]
     assert data.num_classes == 2
     assert data.in_channels == 4
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
-def test_batches_have_the_promised_shapes_and_labels(phantom_dir, tmp_path, cache):
-    data = data_module(phantom_dir, cache=cache, cache_dir=str(tmp_path / "cache"))
+def test_batches_have_the_promised_shapes_and_labels(tiny_phantom, tmp_path, cache):
+    data = data_module(tiny_phantom, cache=cache, cache_dir=str(tmp_path / "cache"))
     data.setup("fit")
     train_batches = list(data.train_dataloader())
     val_batches = list(data.val_dataloader())
@@ -54,8 +49,8 @@ def test_batches_have_the_promised_shapes_and_labels(phantom_dir, tmp_path, cach
         assert len(list((tmp_path / "cache").rglob("*.pt"))) == CASES
 
 
-def test_validation_images_are_deterministic_and_training_ones_augmented(phantom_dir):
-    data = data_module(phantom_dir, batch_size=1)
+def test_validation_images_are_deterministic_and_training_ones_augmented(tiny_phantom):
+    data = data_module(tiny_phantom, batch_size=1)
     data.setup("fit")
     val = data.val_dataloader().dataset
     assert torch.equal(val[0]["image"], val[0]["image"])
@@ -66,20 +61,20 @@ def test_validation_images_are_deterministic_and_training_ones_augmented(phantom
     assert not all(torch.equal(augmented, train[(0, seed)]["image"]) for seed in (2, 3, 4))
 
 
-def test_fold_and_predict_split(phantom_dir):
-    data = data_module(phantom_dir, fold=1, num_folds=4, predict_split="val")
+def test_fold_and_predict_split(tiny_phantom):
+    data = data_module(tiny_phantom, fold=1, num_folds=4, predict_split="val")
     assert len(data.split.val) == CASES // 4
     data.setup("predict")
     predicted = [case_id for batch in data.predict_dataloader() for case_id in batch["case_id"]]
     assert predicted == list(data.split.val)
 
-    everything = data_module(phantom_dir, cache="none")
+    everything = data_module(tiny_phantom, cache="none")
     everything.setup("predict")
     assert len(everything.predict_dataloader().dataset) == CASES
 
 
-def test_setup_saves_the_split_in_the_run_folder(phantom_dir, tmp_path):
-    data = data_module(phantom_dir, seed=3, cache="none")
+def test_setup_saves_the_split_in_the_run_folder(tiny_phantom, tmp_path):
+    data = data_module(tiny_phantom, seed=3, cache="none")
     data.trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     data.setup("validate")
     saved = json.loads((tmp_path / "split.json").read_text())
@@ -88,7 +83,7 @@ def test_setup_saves_the_split_in_the_run_folder(phantom_dir, tmp_path):
     assert saved["train"] == list(data.split.train)
 
 
-def test_truncated_file_fails_setup_naming_it(phantom_dir, tmp_path):
+def test_truncated_file_fails_setup_naming_it(tiny_phantom, tmp_path):
     broken = generate_phantom(tmp_path / "phantom", cases=4, shape=(32, 32, 24))
     path = broken / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -97,14 +92,14 @@ def test_truncated_file_fails_setup_naming_it(phantom_dir, tmp_path):
         data.setup("fit")
 
 
-def test_labels_that_miss_a_case_fail_naming_it(phantom_dir, tmp_path):
+def test_labels_that_miss_a_case_fail_naming_it(tiny_phantom, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("id,y\n" + "".join(f"BraTS2021_{i:05d},{i % 3}\n" for i in range(1, CASES)))
-    data = data_module(phantom_dir, labels=str(labels), id_column="id", label_column="y")
+    data = data_module(tiny_phantom, labels=str(labels), id_column="id", label_column="y")
     with pytest.raises(DataError, match="case BraTS2021_00000 has no label"):
         _ = data.class_names
     data = data_module(
-        phantom_dir, labels=str(labels), id_column="id", label_column="y", drop_unlabelled=True
+        tiny_phantom, labels=str(labels), id_column="id", label_column="y", drop_unlabelled=True
     )
     assert data.class_names == ["0", "1", "2"]
 

@@ -18,12 +18,7 @@ from resnext3d.data.phantom import (
 
 SHAPE = (32, 32, 24)
 SPACING = (2.4, 2.4, 2.5)
-CASES = 6
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory):
-    return generate_phantom(tmp_path_factory.mktemp("phantom"), CASES, seed=0, shape=SHAPE)
+CASES = 8  # the session's tiny_phantom (tests/conftest.py): seed 0, SHAPE
 
 
 def read_case(root, index):
@@ -39,8 +34,8 @@ def read_grades(root):
         return {row["BraTS_2020_subject_ID"]: row["Grade"] for row in csv.DictReader(file)}
 
 
-def test_writes_the_brats_2021_layout_with_a_real_affine(phantom_dir):
-    case_dir = phantom_dir / "BraTS2021_00003"
+def test_writes_the_brats_2021_layout_with_a_real_affine(tiny_phantom):
+    case_dir = tiny_phantom / "BraTS2021_00003"
     assert sorted(path.name for path in case_dir.iterdir()) == sorted(
         f"BraTS2021_00003_{kind}.nii.gz" for kind in ("flair", "t1", "t1ce", "t2", "seg")
     )
@@ -56,22 +51,22 @@ def test_writes_the_brats_2021_layout_with_a_real_affine(phantom_dir):
     assert not np.allclose(image.affine[:3, 3], 0)
 
 
-def test_grades_alternate_and_match_the_label_maps(phantom_dir):
-    grades = read_grades(phantom_dir)
+def test_grades_alternate_and_match_the_label_maps(tiny_phantom):
+    grades = read_grades(tiny_phantom)
     assert list(grades.values()) == ["HGG", "LGG"] * (CASES // 2)
     for index, (case_id, grade) in enumerate(grades.items()):
         assert case_id == f"BraTS2021_{index:05d}"
-        present = set(np.unique(read_case(phantom_dir, index)[1]))
+        present = set(np.unique(read_case(tiny_phantom, index)[1]))
         if grade == "HGG":
             assert present == {0, 1, 2, 4}, case_id
         else:
             assert present == {0, 1, 2}, case_id
 
 
-def test_tumour_tissues_have_the_brats_contrasts(phantom_dir):
+def test_tumour_tissues_have_the_brats_contrasts(tiny_phantom):
     flair, t1ce = MODALITIES.index("flair"), MODALITIES.index("t1ce")
     for index in range(CASES):
-        images, label_map = read_case(phantom_dir, index)
+        images, label_map = read_case(tiny_phantom, index)
         healthy = (label_map == 0) & (images[flair] > 0)
         assert images[flair][label_map == 2].mean() > 1.3 * images[flair][healthy].mean()
         if index % 2 == 0:  # HGG: the rim enhances, the necrotic core it surrounds does not
@@ -82,19 +77,19 @@ def test_tumour_tissues_have_the_brats_contrasts(phantom_dir):
             assert images[t1ce][label_map == 1].mean() < images[t1ce][healthy].mean()
 
 
-def test_background_is_zero_and_head_is_noisy(phantom_dir):
-    images, _ = read_case(phantom_dir, 0)
+def test_background_is_zero_and_head_is_noisy(tiny_phantom):
+    images, _ = read_case(tiny_phantom, 0)
     assert (images[:, 0, 0, 0] == 0).all()
     head = images[0] > 0
     assert 0.2 < head.mean() < 0.8
     assert len(np.unique(images[0][head])) > 50
 
 
-def test_same_seed_gives_identical_cases_and_another_seed_other_cases(phantom_dir, tmp_path):
+def test_same_seed_gives_identical_cases_and_another_seed_other_cases(tiny_phantom, tmp_path):
     again = generate_phantom(tmp_path / "again", cases=2, seed=0, shape=SHAPE)
     other = generate_phantom(tmp_path / "other", cases=2, seed=1, shape=SHAPE)
     for index in range(2):
-        images, label_map = read_case(phantom_dir, index)
+        images, label_map = read_case(tiny_phantom, index)
         images_again, label_map_again = read_case(again, index)
         assert np.array_equal(images, images_again)
         assert np.array_equal(label_map, label_map_again)

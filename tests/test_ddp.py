@@ -78,6 +78,7 @@ def write_config(path: Path, trainer: dict, data: dict, norm: str = "batch") -> 
     return path
 
 
+@pytest.mark.slow  # two training processes: ~15 s
 def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
     """Two ranks of batch 2 take the same steps as one of batch 4. Group norm, because batch norm
     would see other batches (SyncBatchNorm, `--trainer.sync_batchnorm`, needs GPUs)."""
@@ -107,6 +108,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
     assert len(list((distributed / "checkpoints").glob("*.ckpt"))) == 1
 
 
+@pytest.mark.slow  # two processes validating: ~20 s
 def test_distributed_validation_counts_every_case_once(tmp_path):
     """Three validation cases over two ranks: a padded, repeated case would change the metrics."""
     phantom = generate_phantom(tmp_path / "phantom", cases=10, shape=(32, 32, 24))

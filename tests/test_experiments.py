@@ -22,26 +22,6 @@ def small_data(phantom) -> list[str]:
     ]  # fmt: skip
 
 
-def test_there_are_experiments():
-    assert "brats_cls" in [config.stem for config in EXPERIMENTS]
-
-
-@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
-def test_experiment_runs_with_fast_dev_run_through_the_cli(config, tiny_phantom, in_tmp_dir):
-    main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.fast_dev_run",
-            "true",
-            *small_data(tiny_phantom),
-        ]
-    )
-    (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
-    assert not (run / "config.yaml").exists()  # fast_dev_run logs and saves nothing
-
-
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
 def test_experiment_one_step_epoch_writes_its_run_directory(config, tiny_phantom, in_tmp_dir):
     one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]

@@ -375,3 +375,14 @@ def _randomize_norms(model: nn.Module) -> None:
             module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
             module.running_var.copy_(1 + 0.1 * torch.rand(n, generator=generator))
             module.weight.data.copy_(1 + 0.1 * torch.randn(n, generator=generator))
+
+
+def test_torch_export_reproduces_the_eager_output_and_torchscript_is_unsupported():
+    """Deployment goes through torch.export (TorchScript is in maintenance in PyTorch and is not
+    supported here: the README says so); if scripting ever starts to work, say so there."""
+    model = resnext3d.create_model("resnext14_tiny", in_channels=4, num_classes=2).eval()
+    x = torch.randn(1, 4, 32, 32, 32)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+    with pytest.raises(Exception):  # noqa: B017 - whichever error TorchScript raises
+        torch.jit.script(model)
