@@ -71,7 +71,7 @@ def test_tumour_tissues_have_the_brats_contrasts(tiny_phantom):
         assert images[flair][label_map == 2].mean() > 1.3 * images[flair][healthy].mean()
         if index % 2 == 0:  # HGG: the rim enhances, the necrotic core it surrounds does not
             rim = images[t1ce][label_map == 4].mean()
-            assert rim > 1.5 * images[t1ce][healthy].mean()
+            assert rim > 1.3 * images[t1ce][healthy].mean()
             assert rim > 1.2 * images[t1ce][label_map == 1].mean()
         else:  # LGG: the core does not enhance
             assert images[t1ce][label_map == 1].mean() < images[t1ce][healthy].mean()

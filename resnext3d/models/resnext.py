@@ -212,8 +212,8 @@ class ResNeXt(nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         zero_init_last: start every block's last norm at zero scale, so blocks begin as identity.
         grad_checkpointing: recompute the stem's and every block's activations in the backward
-            pass: at 1×4×128³ it kept 79% fewer activations for resnext50_32x4d, for about
-            40% more step time. The recomputation repeats each batch norm's forward, so running
+            pass: far fewer activations kept, for more step time (measured in the README's
+            "Speed and memory"). The recomputation repeats each batch norm's forward, so running
             statistics move twice per step, as in timm and torchvision.
         features_only: return the feature maps at ``out_indices`` instead of logits.
         out_indices: which feature maps: 0 is the stem (stride 2), 1–4 the stages (4…32).

@@ -17,8 +17,8 @@ from resnext3d.training.reproducibility import SeedEveryStep
 
 
 def fused_adamw(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The tasks' default optimizer: AdamW with its fused kernel, which on 2 CPU cores updated
-    resnext50_32x4d's weights in 14 ms where the for-loop AdamW took 65 ms."""
+    """The tasks' default optimizer: AdamW with its fused kernel, one kernel for every weight
+    (measured faster than the for-loop AdamW: README, "Speed and memory")."""
     return torch.optim.AdamW(parameters, fused=True)
 
 
@@ -35,10 +35,11 @@ class VolumeTask(L.LightningModule):
             says so (``interval = "step"``); one with ``fit_to_run``, such as
             :class:`resnext3d.training.WarmupCosineLR`, is given the run's length in steps.
         channels_last: keep weights and inputs channels-last (``channels_last_3d``); ``"auto"``
-            does so on CPU, where it made a ResNeXt-50 train step 1.5× faster (see
+            does so on CPU, where it was measured faster (see
             :mod:`resnext3d.training.performance`).
-        compile: compile the network with ``torch.compile`` when training starts: on CPU it made
-            inference 1.2–1.4× faster and training 0–6%, after about a minute of compiling.
+        compile: compile the network with ``torch.compile`` when training starts (in place: the
+            state-dict keys stay the same); off by default, as it was measured no faster for
+            training on CPU, after about a minute of compiling.
     """
 
     network: nn.Module

@@ -1,16 +1,15 @@
 """Which precision and memory format train fastest, and correctly, on the device in use.
 
-Measured on a 2-core AMD EPYC with AVX-512 and its BF16 instructions (``make bench``, figures in
-the README): ``channels_last_3d`` made a resnext50_32x4d train step on 2×4×64³ 1.5× faster and
-``bf16-mixed`` on top of it 1.45× faster again, so both are CPU defaults where bf16 is native.
-The oneDNN in torch 2.13 computes wrong bf16 *weight gradients* for convolutions whose input is
-smaller than the kernel along an axis (3×3×3 over 2×2×2 maps: stage 4 of a 64³ crop; a sweep of
-kernels 1/3/7, strides 1/2, maps 1–8, dense and grouped, both memory formats found no other
-case), which sent a bf16 brats_cls run to NaN at step 10; :class:`TinyMapSafeConv3d` computes
-those few tiny convolutions in float32. Without native BF16 instructions bf16 is slow: the same
-CPU restricted by ``ONEDNN_MAX_CPU_ISA`` ran a 32-group Conv3d in bf16 2.6× slower than in
-float32 with AVX-512 and 64× slower with AVX2 alone. On CUDA mixed precision is the usual fast
-path (tensor cores); channels_last_3d there is left to the user until measured.
+The defaults follow what ``make bench`` measured (figures in the README's "Speed and memory"):
+on CPUs, ``channels_last_3d`` always, and ``bf16-mixed`` where the CPU has native bf16
+instructions (AVX512_BF16 or AMX), without which bf16 convolutions are several to tens of times
+slower than float32. The oneDNN in torch 2.13 computes wrong bf16 *weight gradients* for
+convolutions whose input is smaller than the kernel along an axis (3×3×3 over 2×2×2 maps:
+stage 4 of a 64³ crop; a sweep of kernels 1/3/7, strides 1/2, maps 1–8, dense and grouped, both
+memory formats found no other case), which sent a bf16 brats_cls run to NaN;
+:class:`TinyMapSafeConv3d` computes those few tiny convolutions in float32, where a probe finds
+the bug. On CUDA mixed precision is the usual fast path (tensor cores); channels_last_3d there is
+left to the user until measured.
 """
 
 from __future__ import annotations
@@ -115,7 +114,7 @@ def warn_if_slow_precision(precision: str, device: torch.device) -> None:
     if device.type == "cpu" and precision.startswith("bf16") and not cpu_has_native_bf16():
         warnings.warn(
             f"precision {precision!r} on a CPU without native bfloat16 (AVX512_BF16 or AMX): "
-            "3D convolutions in bf16 ran 2.6× (AVX-512) to 64× (AVX2) slower than in float32 "
-            "when measured; use --trainer.precision 32-true",
+            "3D convolutions in bf16 ran several to tens of times slower than in float32 when "
+            "measured (README: Speed and memory); use --trainer.precision 32-true",
             stacklevel=2,
         )
