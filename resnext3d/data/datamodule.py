@@ -152,6 +152,12 @@ class BratsDataModule(L.LightningDataModule):
         cases = self._cases()
         self._validate(cases, stage)
         items = {case.case_id: self._item(case) for case in cases}
+        if stage == "predict" and self.predict_split == "all":
+            # No split: predicting may be given a single case folder.
+            self._datasets["predict"] = self._dataset(
+                [items[i] for i in sorted(items)], self._transforms("predict")
+            )
+            return
         split = self.split
         if stage == "fit":
             self._datasets["train"] = self._dataset(
@@ -162,9 +168,8 @@ class BratsDataModule(L.LightningDataModule):
                 [items[i] for i in split.val], self._transforms("val")
             )
         if stage == "predict":
-            predicted = split.val if self.predict_split == "val" else sorted(items)
             self._datasets["predict"] = self._dataset(
-                [items[i] for i in predicted], self._transforms("predict")
+                [items[i] for i in split.val], self._transforms("predict")
             )
         self._save_split(split)
 
