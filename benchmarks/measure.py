@@ -22,6 +22,7 @@ import lightning
 import monai
 import torch
 import torch.nn as nn
+from torch.utils.benchmark import Timer
 
 MIB = 2**20
 
@@ -32,27 +33,48 @@ def bench_device() -> torch.device:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Untimed warm-up steps, then up to `timed_steps` timed ones; timing stops early once the
-    timed steps took `budget_s` (at least one always runs), which bounds the costly models."""
+    """How a step is timed: `warmup_steps` untimed steps, then torch.utils.benchmark's
+    `adaptive_autorange`, which runs one more untimed step to size its blocks, then timed blocks
+    until their interquartile range is within `spread` of their median (four blocks at least)
+    or they have taken `budget_s`, which bounds the costly models. A `budget_s` of 0 times a
+    single block."""
 
     warmup_steps: int
-    timed_steps: int
     budget_s: float
+    spread: float = 0.1
 
 
 def time_steps(step: Callable[[], None], schedule: Schedule, memory: PeakMemory) -> dict:
-    """Warm up, then time `step` and record the peak memory of the timed steps alone, so that
-    one-off costs (oneDNN primitive creation, compilation) stay out of both."""
+    """Warm up, then time `step` and record the peak memory of the steps after the warm-up
+    alone, so that one-off costs (oneDNN primitive creation, compilation) stay out of both.
+
+    The warm-up steps keep their own clock: Timer measures the steady state and runs a statement
+    before it times it, so it cannot see the one-off cost of a first call, which the report
+    shows for torch.compile. The peak is the process's or the CUDA allocator's (PeakMemory):
+    Timer measures time alone.
+    """
     warmup_s = [one_off_seconds(step) for _ in range(schedule.warmup_steps)]
     memory.reset()
-    step_s: list[float] = []
-    while not step_s or (len(step_s) < schedule.timed_steps and sum(step_s) < schedule.budget_s):
-        step_s.append(one_off_seconds(step))
+    measurement = step_timer(step).adaptive_autorange(
+        threshold=schedule.spread,
+        min_run_time=0.0,
+        # adaptive_autorange reads 0 as no limit; any positive limit stops after a block.
+        max_run_time=max(schedule.budget_s, 1e-9),
+    )
+    # Seconds per step of each timed block; a block holds one step unless steps are short.
+    step_s = list(measurement.times)
     return {"step_s": step_s, "warmup_s": warmup_s, "peak_memory_mib": memory.peak_mib()}
 
 
+def step_timer(step: Callable[[], None]) -> Timer:
+    """A Timer of `step()`: it waits for the accelerator around every block, and keeps torch's
+    thread count, where Timer's default of one thread would time a different machine."""
+    return Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+
+
 def one_off_seconds(call: Callable[[], object]) -> float:
-    """Wall-clock seconds of a single call, waiting for CUDA's kernels to finish."""
+    """Wall-clock seconds of a single call that no repetition reproduces (a first step, filling
+    a cache), waiting for CUDA's kernels to finish."""
     synchronize()
     start = time.perf_counter()
     call()

@@ -161,10 +161,10 @@ def print_header(machine: dict, settings: dict) -> None:
     )
     print(
         "- steps: fused AdamW, cross-entropy, float32 unless bf16-mixed; each model in a fresh "
-        "process, in up to "
-        f"{settings['rounds']} rounds of {schedule['warmup_steps']} warm-up and up to "
-        f"{schedule['timed_steps']} timed steps ({schedule['budget_s']:.0f} s at most); "
-        "the median of the timed steps"
+        f"process, in up to {settings['rounds']} rounds of {schedule['warmup_steps']} warm-up "
+        "steps, then torch.utils.benchmark's adaptive_autorange: timed steps until their "
+        f"spread is within {100 * schedule['spread']:.0f}% of their median "
+        f"({schedule['budget_s']:.0f} s at most); the median of the timed steps"
     )
 
 

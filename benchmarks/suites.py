@@ -31,6 +31,7 @@ from benchmarks.measure import (
     return_freed_memory_to_the_system,
     run_in_fresh_process,
     saved_activations_mib,
+    step_timer,
     time_steps,
     train_flops,
 )
@@ -119,12 +120,12 @@ class Settings:
     # rounds_budget_s, which keeps a run on a busy machine from taking twice as long.
     rounds: int = 2
     rounds_budget_s: float = 180.0
-    model_schedule: Schedule = Schedule(warmup_steps=2, timed_steps=5, budget_s=10.0)
-    dense_schedule: Schedule = Schedule(warmup_steps=1, timed_steps=3, budget_s=10.0)
+    model_schedule: Schedule = Schedule(warmup_steps=2, budget_s=10.0)
+    dense_schedule: Schedule = Schedule(warmup_steps=1, budget_s=10.0)
     checkpoint_batch: int = 1
     checkpoint_size: int = 128
-    # One timed step after one warm-up: enough for a peak, and 128³ is the slowest part.
-    checkpoint_schedule: Schedule = Schedule(warmup_steps=1, timed_steps=1, budget_s=0.0)
+    # One timed step after the warm-ups: enough for a peak, and 128³ is the slowest part.
+    checkpoint_schedule: Schedule = Schedule(warmup_steps=1, budget_s=0.0)
     phantom_cases: int = 16
     phantom_shape: tuple[int, int, int] = DEFAULT_SHAPE
     loader_epochs: int = 3
@@ -146,8 +147,8 @@ class Settings:
 QUICK = Settings(
     size=16,
     rounds=1,
-    model_schedule=Schedule(warmup_steps=1, timed_steps=1, budget_s=0.0),
-    dense_schedule=Schedule(warmup_steps=1, timed_steps=1, budget_s=0.0),
+    model_schedule=Schedule(warmup_steps=1, budget_s=0.0),
+    dense_schedule=Schedule(warmup_steps=1, budget_s=0.0),
     checkpoint_batch=2,
     checkpoint_size=32,
     phantom_cases=6,
@@ -264,10 +265,12 @@ def measure_loading(
     )
     setup_s = one_off_seconds(lambda: data.setup("fit"))  # fills a memory cache
     loader = data.train_dataloader()
-    _count_volumes(loader)  # the first epoch also starts the persistent workers
-    start = time.perf_counter()
-    volumes = sum(_count_volumes(loader) for _ in range(settings.loader_epochs))
-    seconds = time.perf_counter() - start
+    volumes_per_epoch: list[int] = []
+    # Timer keeps no return value: each epoch notes how many volumes it delivered.
+    timer = step_timer(lambda: volumes_per_epoch.append(_count_volumes(loader)))
+    # Whole epochs, after timeit's own untimed ones, the first of which starts the workers.
+    seconds = timer.timeit(number=settings.loader_epochs).raw_times[0]
+    volumes = sum(volumes_per_epoch[-settings.loader_epochs :])
     return {
         "volumes_per_s": volumes / seconds,
         "volumes": volumes,
