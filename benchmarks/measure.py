@@ -25,6 +25,9 @@ import torch.nn as nn
 from torch.utils.benchmark import Timer
 
 MIB = 2**20
+# The instruction sets that decide a CPU's fast paths (vectorized kernels, native bf16 and fp16),
+# as torch.cpu.get_capabilities() names them; "AVX512" alone does not say whether bf16 is native.
+CPU_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 
 
 def bench_device() -> torch.device:
@@ -238,11 +241,13 @@ def _process_tree_ticks(root: int) -> int:
 def describe_machine() -> dict:
     """What the numbers depend on: processor, its instruction sets, device and versions."""
     device = bench_device()
+    capabilities = torch.cpu.get_capabilities()
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": [flag for flag in CPU_FLAGS if capabilities.get(flag)],
         "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -152,7 +152,8 @@ def print_header(machine: dict, settings: dict) -> None:
     print("# resnext3d benchmark\n")
     print(
         f"- machine: {machine['cpu']}, {machine['cpu_count']} cores "
-        f"({machine['torch_threads']} torch threads, {machine['cpu_capability']}), "
+        f"({machine['torch_threads']} torch threads, {machine['cpu_capability']}; "
+        f"{' '.join(machine['cpu_flags']) or 'no AVX2, AVX-512 or AMX'}), "
         f"{machine['memory_gib']:.0f} GiB RAM; device: {machine['device']}{gpu}"
     )
     print(
