@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
-from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceFocalLoss
 from monai.utils import convert_to_tensor
 
 from resnext3d.tasks.base import VolumeTask, fused_adamw
@@ -30,7 +30,8 @@ class VolumeSegmenter(VolumeTask):
             :class:`resnext3d.ResNeXtUNet` (its ``in_channels`` and ``out_channels`` linked
             from the data module by the CLI). With ``deep_supervision`` set on the network, its
             heads are supervised too (weights 1, ½, ¼, … by MONAI's ``DeepSupervisionLoss``).
-        loss: the loss of region logits and binary region masks, e.g. a MONAI loss.
+        loss: the loss of region logits and binary region masks, e.g. a MONAI loss; by default
+            Dice over the batch plus binary cross-entropy per region.
         class_names: region names in channel order, used in metric names (linked).
         sliding_window_size: window of the sliding-window inference; None for the size of the
             training crops (the data module's ``roi_size``).
@@ -65,7 +66,9 @@ class VolumeSegmenter(VolumeTask):
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for {num_classes} regions")
         # Dice over the whole batch (as nnU-Net): crops without a region do not dominate the loss.
-        loss = loss if loss is not None else DiceCELoss(sigmoid=True, batch=True)
+        # Per-region binary cross-entropy (focal with gamma 0): overlapping regions are not
+        # exclusive classes, as the softmax cross-entropy of DiceCELoss would take them.
+        loss = loss if loss is not None else DiceFocalLoss(sigmoid=True, batch=True, gamma=0.0)
         self.deep_supervision = getattr(network, "deep_supervision", False)
         self.loss = DeepSupervisionLoss(loss) if self.deep_supervision else loss
         self.sliding_window_size = sliding_window_size
