@@ -3,6 +3,7 @@ region, a loss on those logits, sliding-window inference and per-region Dice and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import lightning as L
@@ -14,6 +15,7 @@ from monai.losses import DeepSupervisionLoss, DiceFocalLoss
 from monai.utils import convert_to_tensor
 
 from resnext3d.tasks.base import VolumeTask, fused_adamw
+from resnext3d.tasks.postprocessing import RegionPostprocessing
 from resnext3d.tasks.region_metrics import RegionMetrics
 from resnext3d.training.callbacks import SegmentationFigures, SegmentationWriter
 from resnext3d.training.performance import ChannelsLast
@@ -38,6 +40,11 @@ class VolumeSegmenter(VolumeTask):
         sliding_window_batch_size: windows run at once.
         overlap: overlap of neighbouring windows.
         threshold: probability above which a voxel belongs to a region.
+        mirror_axes: spatial axes (0, 1, 2) to mirror at inference, nnU-Net's test-time
+            augmentation: the logits are averaged over every combination of flips (2^k passes).
+        postprocessing: cleans the masks of validation, test and predict (e.g.
+            :class:`RegionPostprocessing`); validation and test then log each metric both raw
+            and post-processed (``val/dice_et`` and ``val/dice_et_pp``).
         optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
@@ -52,13 +59,17 @@ class VolumeSegmenter(VolumeTask):
         sliding_window_batch_size: int = 2,
         overlap: float = 0.5,
         threshold: float = 0.5,
+        mirror_axes: Sequence[int] = (),
+        postprocessing: RegionPostprocessing | None = None,
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, channels_last, compile)
-        self.save_hyperparameters(ignore=["network", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            ignore=["network", "loss", "postprocessing", "optimizer", "scheduler"]
+        )
         self.network = network
         self.spatial_dims = network.spatial_dims
         num_classes = network.out_channels
@@ -75,8 +86,15 @@ class VolumeSegmenter(VolumeTask):
         self.sliding_window_batch_size = sliding_window_batch_size
         self.overlap = overlap
         self.threshold = threshold
+        self.mirror_axes = tuple(mirror_axes)
+        self.postprocessing = postprocessing
+        variants = ("", "_pp") if postprocessing is not None else ("",)
         self.region_metrics = nn.ModuleDict(
-            {f"{stage}_regions": RegionMetrics(self.class_names) for stage in ("val", "test")}
+            {
+                f"{stage}_regions{variant}": RegionMetrics(self.class_names)
+                for stage in ("val", "test")
+                for variant in variants
+            }
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -93,16 +111,27 @@ class VolumeSegmenter(VolumeTask):
         return loss
 
     def sliding_window_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Region logits of whole volumes, blended over overlapping sliding windows."""
+        """Region logits of whole volumes, blended over overlapping sliding windows, and
+        averaged over the mirrorings of `mirror_axes`."""
         window = self.sliding_window_size or self.trainer.datamodule.roi_size
-        return sliding_window_inference(
-            image,
-            roi_size=tuple(window),
-            sw_batch_size=self.sliding_window_batch_size,
-            predictor=self,
-            overlap=self.overlap,
-            mode="gaussian",
-        )
+        flips = [
+            [axis + 2 for axis in axes]
+            for count in range(len(self.mirror_axes) + 1)
+            for axes in itertools.combinations(self.mirror_axes, count)
+        ]
+        total = 0
+        for dims in flips:
+            mirrored = image.flip(dims) if dims else image
+            logits = sliding_window_inference(
+                mirrored,
+                roi_size=tuple(window),
+                sw_batch_size=self.sliding_window_batch_size,
+                predictor=self,
+                overlap=self.overlap,
+                mode="gaussian",
+            )
+            total = total + (logits.flip(dims) if dims else logits)
+        return total / len(flips)
 
     def _evaluate(self, batch: dict, stage: str) -> dict:
         # Plain tensors from here on: MONAI's MetaTensors would make every metric, and so the
@@ -112,8 +141,12 @@ class VolumeSegmenter(VolumeTask):
         logits = self.sliding_window_logits(image)
         loss = (self.loss.loss if self.deep_supervision else self.loss)(logits, targets)
         self.log_loss(stage, loss, len(targets))
-        masks = (torch.sigmoid(logits) > self.threshold).float()
-        self.region_metrics[f"{stage}_regions"].update(masks, targets, spacing)
+        raw = (torch.sigmoid(logits) > self.threshold).float()
+        self.region_metrics[f"{stage}_regions"].update(raw, targets, spacing)
+        masks = raw
+        if self.postprocessing is not None:
+            masks = self.postprocessing(raw, self.class_names, spacing)
+            self.region_metrics[f"{stage}_regions_pp"].update(masks, targets, spacing)
         return {"loss": loss, "image": image, "label": targets, "prediction": masks}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
@@ -129,16 +162,23 @@ class VolumeSegmenter(VolumeTask):
         self._log_region_metrics("test")
 
     def _log_region_metrics(self, stage: str) -> None:
-        metrics = self.region_metrics[f"{stage}_regions"]
-        # Gathered from every rank by compute(); the reduction of equal values is a no-op.
-        self.log_dict(
-            {f"{stage}/{name}": value for name, value in metrics.compute().items()},
-            sync_dist=True,
-        )
-        metrics.reset()
+        for key, metrics in self.region_metrics.items():
+            if not key.startswith(f"{stage}_"):
+                continue
+            suffix = "_pp" if key.endswith("_pp") else ""
+            # Gathered from every rank by compute(); the reduction of equal values is a no-op.
+            self.log_dict(
+                {f"{stage}/{name}{suffix}": value for name, value in metrics.compute().items()},
+                sync_dist=True,
+            )
+            metrics.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self.sliding_window_logits(batch["image"]))
+        probabilities = torch.sigmoid(self.sliding_window_logits(batch["image"]))
+        if self.postprocessing is None:
+            return probabilities
+        masks = (probabilities > self.threshold).float()
+        return self.postprocessing(masks, self.class_names, _voxel_spacing(batch["image"]))
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [
