@@ -15,6 +15,11 @@ from resnext3d.training import performance
 from resnext3d.training.performance import ChannelsLast
 from resnext3d.training.reproducibility import SeedEveryStep
 
+# Settings of how a task runs, not of what it learnt: a checkpoint's hyperparameters, which
+# Lightning's CLI merges over the command line's, must not hold them, or `validate --ckpt_path
+# ... --model.init_args.threshold 0.4` would silently run with the checkpoint's threshold.
+RUNTIME_ARGUMENTS = ("optimizer", "scheduler", "channels_last", "compile")
+
 
 def fused_adamw(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """The tasks' default optimizer: AdamW with its fused kernel, one kernel for every weight

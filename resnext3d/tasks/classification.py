@@ -19,7 +19,7 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
-from resnext3d.tasks.base import VolumeTask, fused_adamw
+from resnext3d.tasks.base import RUNTIME_ARGUMENTS, VolumeTask, fused_adamw
 from resnext3d.training.callbacks import ClassPredictionWriter
 from resnext3d.training.performance import ChannelsLast
 
@@ -56,7 +56,7 @@ class VolumeClassifier(VolumeTask):
         compile: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, channels_last, compile)
-        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["network", *RUNTIME_ARGUMENTS])
         num_classes = network.num_classes
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(

@@ -14,11 +14,21 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceFocalLoss
 from monai.utils import convert_to_tensor
 
-from resnext3d.tasks.base import VolumeTask, fused_adamw
+from resnext3d.tasks.base import RUNTIME_ARGUMENTS, VolumeTask, fused_adamw
 from resnext3d.tasks.postprocessing import RegionPostprocessing
 from resnext3d.tasks.region_metrics import RegionMetrics
 from resnext3d.training.callbacks import SegmentationFigures, SegmentationWriter
 from resnext3d.training.performance import ChannelsLast
+
+# How validation, test and predict run: chosen when evaluating, not restored from a checkpoint.
+INFERENCE_ARGUMENTS = (
+    "sliding_window_size",
+    "sliding_window_batch_size",
+    "overlap",
+    "threshold",
+    "mirror_axes",
+    "postprocessing",
+)
 
 
 class VolumeSegmenter(VolumeTask):
@@ -68,7 +78,7 @@ class VolumeSegmenter(VolumeTask):
     ) -> None:
         super().__init__(optimizer, scheduler, channels_last, compile)
         self.save_hyperparameters(
-            ignore=["network", "loss", "postprocessing", "optimizer", "scheduler"]
+            ignore=["network", "loss", *INFERENCE_ARGUMENTS, *RUNTIME_ARGUMENTS]
         )
         self.network = network
         self.spatial_dims = network.spatial_dims
