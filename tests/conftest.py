@@ -1,6 +1,8 @@
 import sys
 
 import pytest
+import yaml
+from toy_data import TINY_RESNEXT
 
 from resnext3d.data import generate_phantom
 
@@ -18,3 +20,21 @@ def in_tmp_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["resnext3d"])  # Lightning's CLI warns of unused argv
     return tmp_path
+
+
+@pytest.fixture
+def toy_config(in_tmp_dir):
+    """`toy.yaml`: the tiny classifier on ToyVolumes for two epochs; everything else (loggers
+    into runs/toy/<run>, checkpoints of the best val/auroc and the last state) is the CLI's
+    defaults, as for every experiment."""
+    config = {
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {
+            "class_path": "resnext3d.tasks.VolumeClassifier",
+            "init_args": {"network": TINY_RESNEXT},
+        },
+        "data": {"class_path": "toy_data.ToyVolumes"},
+    }
+    path = in_tmp_dir / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -5,42 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from toy_data import TINY_RESNEXT
 
 import resnext3d
 from resnext3d.cli import main
 from resnext3d.tasks import VolumeClassifier
-
-
-@pytest.fixture
-def toy_config(in_tmp_dir):
-    config = {
-        "trainer": {
-            "max_epochs": 2,
-            "enable_progress_bar": False,
-            "logger": [
-                {
-                    "class_path": f"lightning.pytorch.loggers.{name}",
-                    "init_args": {"save_dir": "runs", "name": "toy"},
-                }
-                for name in ("TensorBoardLogger", "CSVLogger")
-            ],
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"monitor": "val/auroc", "mode": "max", "save_last": True},
-                }
-            ],
-        },
-        "model": {
-            "class_path": "resnext3d.tasks.VolumeClassifier",
-            "init_args": {"network": TINY_RESNEXT},
-        },
-        "data": {"class_path": "toy_data.ToyVolumes"},
-    }
-    path = in_tmp_dir / "toy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def run_dirs(root: Path = Path("runs/toy")) -> list[Path]:

@@ -2,13 +2,12 @@
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_process import run_resnext3d
 from test_experiments import small_data
 
 from resnext3d.cli import main
@@ -26,11 +25,9 @@ def test_a_data_error_while_caching_exits_1_with_its_message(tiny_phantom, tmp_p
     voxels = np.asarray(image.dataobj, dtype=np.float32)
     voxels[5, 5, 5] = np.nan
     nib.save(nib.Nifti1Image(voxels, image.affine), flair)
-    environment = {k: v for k, v in os.environ.items() if k != "RESNEXT3D_RUN_VERSION"}
-    result = subprocess.run(
-        [sys.executable, "-m", "resnext3d", "fit", "--config", CLASSIFICATION,
-         *small_data(root), "--data.init_args.num_workers", "2"],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    result = run_resnext3d(
+        "fit", "--config", CLASSIFICATION, *small_data(root), "--data.init_args.num_workers", "2",
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
     assert "terminate called" not in result.stderr

@@ -5,39 +5,8 @@ import math
 
 import pytest
 import torch
-import yaml
-from toy_data import TINY_RESNEXT
 
 from resnext3d.cli import main
-
-
-@pytest.fixture
-def toy_config(in_tmp_dir):
-    config = {
-        "trainer": {
-            "max_epochs": 2,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {
-                "class_path": "resnext3d.training.ResumableCSVLogger",
-                "init_args": {"save_dir": "runs", "name": "toy"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"monitor": "val/loss", "save_last": True},
-                }
-            ],
-        },
-        "model": {
-            "class_path": "resnext3d.tasks.VolumeClassifier",
-            "init_args": {"network": TINY_RESNEXT},
-        },
-        "data": {"class_path": "toy_data.ToyVolumes"},
-    }
-    path = in_tmp_dir / "toy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def checkpoints(root) -> list:

@@ -2,31 +2,16 @@
 uninterrupted run ends: the same weights, metrics and best checkpoint."""
 
 import csv
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from cli_process import run_resnext3d
 from toy_data import TINY_RESNEXT
 
 ROOT = Path(__file__).parents[1]
-
-
-def resnext3d(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
-    environment.pop("RESNEXT3D_RUN_VERSION", None)
-    return subprocess.run(
-        [sys.executable, "-m", "resnext3d", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture
@@ -62,12 +47,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(experiment,
     uninterrupted.mkdir(), interrupted.mkdir()
     # Loading by the main process here, by two worker processes there: the augmentation of an
     # item must not depend on which process draws it.
-    done = resnext3d("fit", *experiment, "--data.init_args.num_workers", "0", cwd=uninterrupted)
+    done = run_resnext3d("fit", *experiment, "--data.init_args.num_workers", "0", cwd=uninterrupted)
     assert done.returncode == 0, done.stderr
 
     kill = "--trainer.callbacks+=interrupt.KillAt"
     marker = str(interrupted / "killed")
-    killed = resnext3d(
+    killed = run_resnext3d(
         "fit", *experiment, "--data.init_args.num_workers", "2",
         kill, "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1",
         f"--trainer.callbacks.marker={marker}",
@@ -78,7 +63,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(experiment,
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     partial_rows = len(metric_rows(run))
 
-    resumed = resnext3d("fit", "--resume", str(run), cwd=interrupted)
+    resumed = run_resnext3d("fit", "--resume", str(run), cwd=interrupted)
     assert resumed.returncode == 0, resumed.stderr
     assert only_run(interrupted) == run  # no second run directory
 

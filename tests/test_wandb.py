@@ -2,33 +2,27 @@
 directory, with its metrics and figures, and no prompt."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from cli_process import run_resnext3d
 from test_experiments import small_data
 
 ROOT = Path(__file__).parents[1]
 
 
 def test_a_segmentation_run_logs_metrics_and_figures_to_wandb_offline(tiny_phantom, tmp_path):
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("WANDB_") and key != "RESNEXT3D_RUN_VERSION"
-    }
+    environment = {key: value for key, value in os.environ.items() if "WANDB" not in key}
     environment["HOME"] = str(tmp_path)  # no ~/.netrc: no key anywhere
-    result = subprocess.run(
-        [sys.executable, "-m", "resnext3d", "fit",
-         "--config", str(ROOT / "experiments" / "brats_seg.yaml"),
-         "--config", str(ROOT / "experiments" / "loggers" / "wandb.yaml"),
-         *small_data(tiny_phantom),
-         "--model.init_args.network.init_args.encoder", "resnext14_tiny",
-         "--model.init_args.network.init_args.decoder_channels", "[64, 32, 16, 16, 8]",
-         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-         "--trainer.check_val_every_n_epoch", "1"],
-        cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=300,
+    result = run_resnext3d(
+        "fit",
+        "--config", str(ROOT / "experiments" / "brats_seg.yaml"),
+        "--config", str(ROOT / "experiments" / "loggers" / "wandb.yaml"),
+        *small_data(tiny_phantom),
+        "--model.init_args.network.init_args.encoder", "resnext14_tiny",
+        "--model.init_args.network.init_args.decoder_channels", "[64, 32, 16, 16, 8]",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.check_val_every_n_epoch", "1",
+        cwd=tmp_path, env=environment,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "runs" / "brats_seg").iterdir()
