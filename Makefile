@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
 
-.PHONY: help install test test-slow lint train check-data resume models bench clean
+.PHONY: help install test test-slow lint train check-data resume models bench bench-seg clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -68,6 +68,9 @@ resume: install ## resume a run in its own directory from its last.ckpt: make re
 
 bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
 	$(BIN)/python -m benchmarks.bench $(ARGS)
+
+bench-seg: install ## segmentation at equal time: ours vs MONAI SegResNet and nnU-Net's DynUNet: make bench-seg [ARGS=...]
+	$(BIN)/python -m benchmarks.bench_seg $(ARGS)
 
 models: install ## list the encoder presets with parameters and GFLOPs
 	$(BIN)/resnext3d models

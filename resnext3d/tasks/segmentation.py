@@ -39,9 +39,10 @@ class VolumeSegmenter(VolumeTask):
 
     Args:
         network: the segmentation network, returning one logit map per region, e.g. a
-            :class:`resnext3d.ResNeXtUNet` (its ``in_channels`` and ``out_channels`` linked
-            from the data module by the CLI). With ``deep_supervision`` set on the network, its
-            heads are supervised too (weights 1, ½, ¼, … by MONAI's ``DeepSupervisionLoss``).
+            :class:`resnext3d.ResNeXtUNet` or a MONAI network (its ``in_channels`` and
+            ``out_channels`` linked from the data module by the CLI). With ``deep_supervision``
+            set on the network, its heads are supervised too (weights 1, ½, ¼, … by MONAI's
+            ``DeepSupervisionLoss``).
         loss: the loss of region logits and binary region masks, e.g. a MONAI loss; by default
             Dice over the batch plus binary cross-entropy per region.
         class_names: region names in channel order, used in metric names (linked).
@@ -82,7 +83,8 @@ class VolumeSegmenter(VolumeTask):
         )
         self.network = network
         self.spatial_dims = network.spatial_dims
-        num_classes = network.out_channels
+        # Any MONAI network serves; not all of them say how many channels they return.
+        num_classes = getattr(network, "out_channels", None) or len(class_names or ())
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for {num_classes} regions")
