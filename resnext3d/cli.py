@@ -44,9 +44,12 @@ DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
 class ResNeXtCLI(LightningCLI):
     """Lightning's CLI with the data-to-model links and one directory per run.
 
-    A run's config, checkpoints, metrics CSV, TensorBoard events, split and predictions all land
-    in ``<save_dir>/<name>/<version>`` of its first logger, the version being the start time;
-    a resumed run (`resume_dir`) continues in its own. A run that leaves ``trainer.precision``
+    Every run starts from ``resnext3d/configs/defaults.yaml`` (loggers, checkpoints), then its
+    --config files. A run's config, checkpoints, metrics CSV, TensorBoard events, split and
+    predictions all land in ``<save_dir>/<experiment>/<version>``, the experiment being the first
+    config file's name and the version the start time; a resumed run (`resume_dir`) continues in
+    its own directory, and one that evaluates another (`source_run`) goes beside it. Checkpoint
+    callbacks without a monitor keep the task's metric. A run that leaves ``trainer.precision``
     unset gets the fastest measured for its device
     (:func:`resnext3d.training.performance.default_precision`). Every run has a
     :class:`~resnext3d.training.NonFiniteGuard` (configured under ``nonfinite``) and writes its
@@ -370,6 +373,8 @@ USAGE = """usage: resnext3d COMMAND [options]
 
 training (Lightning CLI; `resnext3d fit --help` for every option):
   fit, validate, test, predict   e.g. resnext3d fit --config experiments/brats_cls.yaml
+  fit --resume RUN_DIR            continue a run in its own directory from its last.ckpt
+  validate|test|predict --run RUN_DIR   the run's config and best checkpoint
 tools:
   models       every preset with parameters and GMACs at an input size
   complexity   the paper's Table 2 for a conv2 block, in 2D and 3D
