@@ -627,6 +627,7 @@ def study_main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.slurm_array is not None:
         args.slurm_array.parent.mkdir(parents=True, exist_ok=True)
+        (study.out_dir / "slurm").mkdir(parents=True, exist_ok=True)  # sbatch does not create it
         args.slurm_array.write_text(slurm_script(study, args.config))
         print(f"{args.slurm_array}: {len(runs)} array tasks; submit it with sbatch")
         return 0
