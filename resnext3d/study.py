@@ -487,7 +487,7 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
     lines = [
         f"| group | C | d | depth | params (M) | GMACs ({size}) | s/step | best {metric} "
         f"(mean ± std, n) | {' | '.join(replicates)} |",
-        "|" + "---|" * (9 + len(replicates)),
+        "|" + "---|" * (8 + len(replicates)),
     ]
     for row in rows:
         values = [_format(row["values"].get(name)) for name in replicates]
@@ -510,8 +510,8 @@ def _format(value: float | None, digits: int = 4) -> str:
 
 
 def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
-    """The metric against C at equal complexity (mean ± std over seeds), and the 2×-complexity
-    variants beside it on the same scale."""
+    """The metric against C at equal complexity (mean ± std over seeds, each seed a grey dot), and
+    the 2×-complexity variants beside it on the same scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,6 +529,7 @@ def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
         marker="o",
         capsize=4,
     )
+    _plot_seeds(axes[0], [row["C"] for row in equal], equal)
     axes[0].set_xscale("log", base=2)
     axes[0].set_xticks([row["C"] for row in equal])
     axes[0].set_xticklabels([f"{row['C']}×{row['d']}d" for row in equal])
@@ -546,6 +547,7 @@ def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
             capsize=4,
             color="tab:red",
         )
+        _plot_seeds(axes[1], list(positions), double)
         axes[1].set_xticks(list(positions))
         axes[1].set_xticklabels(
             [f"{r['group']}\n{r['C']}×{r['d']}d, {r['depth']}" for r in double], fontsize=8
@@ -559,6 +561,12 @@ def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _plot_seeds(axes, positions: Sequence[float], rows: list[dict]) -> None:
+    for position, row in zip(positions, rows, strict=True):
+        values = list(row["values"].values())
+        axes.scatter([position] * len(values), values, s=10, color="grey", alpha=0.6, zorder=3)
 
 
 # The command.

@@ -117,6 +117,8 @@ def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
     assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
     for name in ("results.csv", "results.md", "results.png"):
         assert (out_dir / name).stat().st_size > 0, name
+    table = (out_dir / "results.md").read_text().splitlines()
+    assert len(table) == 4 and len({line.count("|") for line in table}) == 1
     with (out_dir / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["C"], row["d"], row["depth"]) for row in rows] == [
