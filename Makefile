@@ -12,20 +12,22 @@ DATA ?=
 ARGS ?=
 LOGGER ?=
 RUN ?=
+STUDY ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
+STUDIES := $(sort $(basename $(notdir $(wildcard experiments/studies/*.yaml))))
 
-.PHONY: help install test test-slow lint train check-data resume models bench bench-seg clean
+.PHONY: help install test test-slow lint train check-data resume study models bench bench-seg clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
 	@echo
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 	@echo
-	@echo "  experiments: $(EXPERIMENTS)   loggers (LOGGER=): $(LOGGERS)"
+	@echo "  experiments: $(EXPERIMENTS)   loggers (LOGGER=): $(LOGGERS)   studies: $(STUDIES)"
 	@echo "  e.g. make train EXP=brats_cls [DATA=/path/to/BraTS] [ARGS='--trainer.max_epochs 3']"
 
 install: $(STAMP) ## create .venv and install the package with its dev tools (idempotent)
@@ -65,6 +67,12 @@ check-data: install ## read every file of a dataset, list every problem: make ch
 resume: install ## resume a run in its own directory from its last.ckpt: make resume RUN=runs/<exp>/<run> [ARGS=...]
 	@if [ -z "$(RUN)" ]; then echo "make resume: give the run directory, e.g. make resume RUN=runs/brats_cls/<run>" >&2; exit 2; fi
 	$(BIN)/resnext3d fit --resume "$(RUN)" $(ARGS)
+
+study: install ## cardinality at equal complexity, one run per variant and seed: make study STUDY=<name> [ARGS=...]
+	@if [ -z "$(STUDY)" ] || [ ! -f "experiments/studies/$(STUDY).yaml" ]; then \
+		echo "make study: unknown study '$(STUDY)'. Choose one of: $(STUDIES)" >&2; \
+		echo "  e.g. make study STUDY=$(firstword $(STUDIES))" >&2; exit 2; fi
+	$(BIN)/resnext3d study experiments/studies/$(STUDY).yaml $(ARGS)
 
 bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
 	$(BIN)/python -m benchmarks.bench $(ARGS)

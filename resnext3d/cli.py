@@ -21,6 +21,7 @@ from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
 from resnext3d.models import count_macs, count_parameters, create_model, list_models
 from resnext3d.models.complexity import complexity_table
+from resnext3d.study import study_main
 from resnext3d.training import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -363,11 +364,16 @@ def check_data_command(argv: list[str]) -> None:
     sys.exit(check_data_main(argv))
 
 
+def study_command(argv: list[str]) -> None:
+    sys.exit(study_main(argv))
+
+
 TOOLS = {
     "models": models_command,
     "complexity": complexity_command,
     "phantom": phantom_command,
     "check-data": check_data_command,
+    "study": study_command,
 }
 USAGE = """usage: resnext3d COMMAND [options]
 
@@ -379,8 +385,11 @@ tools:
   models       every preset with parameters and GMACs at an input size
   complexity   the paper's Table 2 for a conv2 block, in 2D and 3D
   phantom      write a synthetic BraTS-format dataset: resnext3d phantom OUT --cases N --seed S
+               [--difficulty standard|hard]
   check-data   read every file of a dataset and list every problem:
                resnext3d check-data DIR [--task classification|segmentation] [--labels CSV ...]
+  study        cardinality at equal complexity, one fit per variant and seed, with results:
+               resnext3d study experiments/studies/cpu_phantom.yaml [--print-commands]
 """
 
 

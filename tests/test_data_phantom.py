@@ -1,6 +1,8 @@
 """The BraTS phantom: layout, determinism, tumour labels and contrasts, idempotent generation."""
 
 import csv
+import hashlib
+import json
 
 import nibabel as nib
 import numpy as np
@@ -153,3 +155,56 @@ def test_command_line(tmp_path, capsys):
     assert "2 BraTS phantom cases" in capsys.readouterr().out
     assert nib.load(out_dir / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz").shape == (16, 16, 12)
     assert read_grades(out_dir) == {"BraTS2021_00000": "HGG", "BraTS2021_00001": "LGG"}
+
+
+def volumes_digest(root, index):
+    """A digest of case `index`'s voxels, independent of how NIfTI compresses them."""
+    images, label_map = read_case(root, index)
+    return hashlib.sha256(images.tobytes() + label_map.tobytes()).hexdigest()
+
+
+def test_the_standard_phantom_keeps_its_voxels(tiny_phantom):
+    # The digests of the phantom as it was before it had difficulties: experiments and tests
+    # that train on the standard phantom must see the same data.
+    assert volumes_digest(tiny_phantom, 0).startswith("48b5ef15b4332a34")
+    assert volumes_digest(tiny_phantom, 1).startswith("1157251da19d875d")
+
+
+def test_hard_cases_overlap_where_standard_ones_separate(tiny_phantom, tmp_path):
+    hard = generate_phantom(tmp_path / "hard", cases=2 * CASES, shape=SHAPE, difficulty="hard")
+    t1ce = MODALITIES.index("t1ce")
+
+    def core_enhancement(root, index):
+        images, label_map = read_case(root, index)
+        healthy = (label_map == 0) & (images[0] > 0)
+        core = (label_map == 1) | (label_map == 4)
+        return images[t1ce][core].mean() / images[t1ce][healthy].mean(), core.sum()
+
+    standard = [core_enhancement(tiny_phantom, index) for index in range(CASES)]
+    difficult = [core_enhancement(hard, index) for index in range(2 * CASES)]
+    # Standard: every high grade's core enhances more than every low grade's.
+    assert min(e for e, _ in standard[0::2]) > max(e for e, _ in standard[1::2])
+    # Hard: smaller tumours, and the grades' enhancement ranges overlap.
+    assert sum(n for _, n in difficult) < 0.6 * 2 * sum(n for _, n in standard)
+    assert min(e for e, _ in difficult[0::2]) < max(e for e, _ in difficult[1::2])
+    assert list(read_grades(hard).values()) == ["HGG", "LGG"] * CASES
+    assert json.loads((hard / COMPLETION_MARKER).read_text())["difficulty"] == "hard"
+
+
+def test_ensure_phantom_replaces_a_phantom_of_another_difficulty(tmp_path):
+    out_dir = ensure_phantom(tmp_path / "phantom", cases=2, shape=(16, 16, 12))
+    standard = read_case(out_dir, 0)[0]
+    ensure_phantom(out_dir, cases=2, shape=(16, 16, 12), difficulty="hard")
+    assert not np.array_equal(read_case(out_dir, 0)[0], standard)
+    with pytest.raises(ValueError, match="difficulty must be one of standard, hard"):
+        ensure_phantom(out_dir, cases=2, difficulty="impossible")
+
+
+def test_the_data_module_keeps_one_phantom_folder_per_difficulty():
+    from resnext3d.data import BratsClassificationData
+    from resnext3d.data.datamodule import PHANTOM_DIR
+
+    standard = BratsClassificationData(phantom_cases=4)._phantom_dir()
+    hard = BratsClassificationData(phantom_cases=4, phantom_difficulty="hard")._phantom_dir()
+    assert standard == PHANTOM_DIR
+    assert hard == PHANTOM_DIR.with_name("phantom_brats_hard")

@@ -19,7 +19,7 @@ from torch.utils.data import Sampler
 
 from resnext3d.data.cache import DiskCacheDataset, MemoryCache
 from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
-from resnext3d.data.phantom import ensure_phantom
+from resnext3d.data.phantom import Difficulty, ensure_phantom
 from resnext3d.data.sampling import SeededItems, SeededSampler
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
 from resnext3d.data.validation import LabelMaps, validate_cases
@@ -27,7 +27,8 @@ from resnext3d.seeds import run_seed
 
 log = logging.getLogger(__name__)
 
-# Relative to the working directory, i.e. the repository's git-ignored data/ when run from there.
+# Relative to the working directory, i.e. the repository's git-ignored data/ when run from there;
+# a hard phantom lies beside it, in data/phantom_brats_hard.
 PHANTOM_DIR = Path("data/phantom_brats")
 DEFAULT_CACHE_DIR = Path("data/cache")
 # The phantom does not change with the split seed, so that every run reuses the one on disk.
@@ -55,6 +56,8 @@ class BratsDataModule(L.LightningDataModule):
             and file sizes (seconds for thousands of files); "full" also reads every voxel, as
             ``resnext3d check-data`` does (NaN, all-zero images, damaged data, label values).
         phantom_cases: the number of phantom cases when `data_dir` is None.
+        phantom_difficulty: "standard" (the grades differ clearly; a classifier reaches AUROC 1.00)
+            or "hard" (subtly and overlapping) when `data_dir` is None.
         predict_split: the cases to predict: the validation cases ("val") or all cases ("all").
     """
 
@@ -73,6 +76,7 @@ class BratsDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         check: Literal["quick", "full"] = "quick",
         phantom_cases: int = 100,
+        phantom_difficulty: Difficulty = "standard",
         predict_split: Literal["val", "all"] = "all",
     ) -> None:
         super().__init__()
@@ -89,16 +93,18 @@ class BratsDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.check = check
         self.phantom_cases = phantom_cases
+        self.phantom_difficulty = phantom_difficulty
         self.predict_split = predict_split
         self._datasets: dict[str, Dataset] = {}
         if data_dir is None:
             log.warning(
-                "\n%s\nNo data_dir given: training on a SYNTHETIC BraTS phantom (%d cases in %s), "
-                "not on real data.\nPoint it at real BraTS with `make train EXP=... "
-                "DATA=/path/to/BraTS` or `--data.data_dir /path/to/BraTS`.\n%s",
+                "\n%s\nNo data_dir given: training on a SYNTHETIC BraTS phantom "
+                "(%s, %d cases in %s), not on real data.\nPoint it at real BraTS with "
+                "`make train EXP=... DATA=/path/to/BraTS` or `--data.data_dir /path/to/BraTS`.\n%s",
                 "=" * 80,
+                phantom_difficulty,
                 phantom_cases,
-                PHANTOM_DIR.resolve(),
+                self._phantom_dir().resolve(),
                 "=" * 80,
             )
 
@@ -212,7 +218,18 @@ class BratsDataModule(L.LightningDataModule):
     def _data_root(self) -> Path:
         if self.data_dir is not None:
             return Path(self.data_dir)
-        return ensure_phantom(PHANTOM_DIR, self.phantom_cases, PHANTOM_SEED)
+        return ensure_phantom(
+            self._phantom_dir(),
+            self.phantom_cases,
+            PHANTOM_SEED,
+            difficulty=self.phantom_difficulty,
+        )
+
+    def _phantom_dir(self) -> Path:
+        """One folder per difficulty, so that both can be on disk at once."""
+        if self.phantom_difficulty == "standard":
+            return PHANTOM_DIR
+        return PHANTOM_DIR.with_name(f"{PHANTOM_DIR.name}_{self.phantom_difficulty}")
 
     def _dataset(self, items: Sequence[dict], transform: Compose) -> Dataset:
         if self.cache == "memory":

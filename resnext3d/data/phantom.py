@@ -10,6 +10,12 @@ with their typical tissue contrasts, a smooth multiplicative bias field and Rici
 - low grade (LGG): a non-enhancing core (label 1) in edema, no label 4.
 
 Grades alternate, so the classes are balanced, and case ``i`` depends only on ``(seed, i)``.
+
+The "standard" difficulty separates the grades by a clear enhancing rim, which a classifier learns
+in a few epochs (validation AUROC 1.00). The "hard" one makes the grades differ subtly and overlap,
+as real gliomas do, so that architectures can be told apart on it: smaller tumours, stronger noise
+and bias, high grades whose rim enhances weakly or on one side only and whose necrotic core may be
+missing, and low grades with a faint enhancing patch or a cyst.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +45,8 @@ DEFAULT_SPACING = (2.4, 2.4, 2.5)
 CASE_PREFIX = "BraTS2021_"
 # Written last, so a folder without it (or with other parameters) is generated again.
 COMPLETION_MARKER = ".phantom-complete.json"
+Difficulty = Literal["standard", "hard"]
+DIFFICULTIES: tuple[str, ...] = ("standard", "hard")
 
 # Tissue classes, the row indices of TISSUE_CONTRAST and TISSUE_LABEL.
 BACKGROUND, SKULL, CSF, GREY, WHITE, EDEMA, NECROSIS, ENHANCING, NON_ENHANCING = range(9)
@@ -69,6 +78,7 @@ def generate_phantom(
     seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     spacing: Sequence[float] = DEFAULT_SPACING,
+    difficulty: Difficulty = "standard",
 ) -> Path:
     """Write `cases` phantom cases, their ``name_mapping.csv`` and the completion marker.
 
@@ -78,12 +88,15 @@ def generate_phantom(
         seed: the same seed gives byte-identical volumes.
         shape: voxels per axis.
         spacing: voxel size in mm per axis.
+        difficulty: "standard" (the grades differ clearly) or "hard" (subtly, overlapping); see
+            the module's description.
 
     Returns:
         `out_dir`.
     """
     if cases < 1:
         raise ValueError(f"cases must be at least 1, got {cases}")
+    _check_difficulty(difficulty)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / COMPLETION_MARKER).unlink(missing_ok=True)
@@ -91,7 +104,10 @@ def generate_phantom(
     grades = [_grade(index) for index in range(cases)]
     for index, grade in enumerate(grades):
         rng = np.random.default_rng([seed, index])
-        images, label_map = _phantom_case(rng, grade, tuple(shape), tuple(spacing))
+        # The hard cases' extra draws come from a stream of their own, so that the standard
+        # cases stay what they were before there was a hard one.
+        hard_rng = np.random.default_rng([seed, index, 1]) if difficulty == "hard" else None
+        images, label_map = _phantom_case(rng, grade, tuple(shape), tuple(spacing), hard_rng)
         case_id = f"{CASE_PREFIX}{index:05d}"
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
@@ -104,7 +120,7 @@ def generate_phantom(
         writer = csv.writer(file)
         writer.writerow(["Grade", "BraTS_2020_subject_ID"])
         writer.writerows([grade, f"{CASE_PREFIX}{index:05d}"] for index, grade in enumerate(grades))
-    parameters = _parameters(cases, seed, shape, spacing)
+    parameters = _parameters(cases, seed, shape, spacing, difficulty)
     (out_dir / COMPLETION_MARKER).write_text(json.dumps(parameters) + "\n")
     return out_dir
 
@@ -115,6 +131,7 @@ def ensure_phantom(
     seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     spacing: Sequence[float] = DEFAULT_SPACING,
+    difficulty: Difficulty = "standard",
 ) -> Path:
     """Generate the phantom in `out_dir` unless a complete one with these parameters is there.
 
@@ -124,7 +141,8 @@ def ensure_phantom(
     alone and reported.
     """
     out_dir = Path(out_dir)
-    parameters = _parameters(cases, seed, shape, spacing)
+    _check_difficulty(difficulty)
+    parameters = _parameters(cases, seed, shape, spacing, difficulty)
     existing = _completed_parameters(out_dir)
     if existing == parameters:
         return out_dir
@@ -136,7 +154,7 @@ def ensure_phantom(
     log.info("Generating %d BraTS phantom cases in %s", cases, out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     try:
-        generate_phantom(staging, cases, seed, shape, spacing)
+        generate_phantom(staging, cases, seed, shape, spacing, difficulty)
         if out_dir.exists() and _completed_parameters(out_dir) != parameters:
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -177,12 +195,20 @@ def add_phantom_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SPACING,
         help="voxel size in mm (default 2.4 2.4 2.5)",
     )
+    parser.add_argument(
+        "--difficulty",
+        choices=DIFFICULTIES,
+        default="standard",
+        help="standard: the grades differ clearly; hard: subtly and overlapping (default standard)",
+    )
 
 
 def run_phantom(args: argparse.Namespace) -> int:
     """Generate the phantom that `args` (from `add_phantom_arguments`) describe; return 0."""
-    out_dir = ensure_phantom(args.out_dir, args.cases, args.seed, args.shape, args.spacing)
-    print(f"{args.cases} BraTS phantom cases (seed {args.seed}) in {out_dir}")
+    out_dir = ensure_phantom(
+        args.out_dir, args.cases, args.seed, args.shape, args.spacing, args.difficulty
+    )
+    print(f"{args.cases} BraTS phantom cases ({args.difficulty}, seed {args.seed}) in {out_dir}")
     return 0
 
 
@@ -199,12 +225,20 @@ def _grade(index: int) -> str:
     return "HGG" if index % 2 == 0 else "LGG"
 
 
-def _parameters(cases: int, seed: int, shape: Sequence[int], spacing: Sequence[float]) -> dict:
+def _check_difficulty(difficulty: str) -> None:
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+
+
+def _parameters(
+    cases: int, seed: int, shape: Sequence[int], spacing: Sequence[float], difficulty: str
+) -> dict:
     return {
         "cases": int(cases),
         "seed": int(seed),
         "shape": [int(n) for n in shape],
         "spacing": [float(s) for s in spacing],
+        "difficulty": difficulty,
     }
 
 
@@ -222,9 +256,14 @@ def _save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _phantom_case(
-    rng: np.random.Generator, grade: str, shape: tuple[int, ...], spacing: tuple[float, ...]
+    rng: np.random.Generator,
+    grade: str,
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    hard_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The four int16 modality volumes (MODALITIES order) and the uint8 label map of one case."""
+    """The four int16 modality volumes (MODALITIES order) and the uint8 label map of one case;
+    a hard case where `hard_rng` is given."""
     # Voxel centres in mm from the volume centre; sparse, so that arithmetic broadcasts to 3-D.
     grid = np.meshgrid(
         *[
@@ -236,16 +275,25 @@ def _phantom_case(
     )
     field_of_view = np.multiply(shape, spacing)
     tissue, brain_axes = _anatomy(rng, grid, field_of_view)
-    _add_tumour(rng, grid, tissue, brain_axes, grade)
+    hard = hard_rng is not None
+    enhancement = _add_tumour(rng, grid, tissue, brain_axes, grade, hard_rng)
 
-    # Smoothing the piecewise-constant contrast mimics partial volume at tissue borders.
     contrast = np.moveaxis(TISSUE_CONTRAST[tissue], -1, 0)
+    if hard:
+        # The enhancing rim takes the non-enhancing core's T1ce signal where it is weak or absent,
+        # and a low grade's core gains some where it has a faint patch.
+        t1ce = MODALITIES.index("t1ce")
+        base = TISSUE_CONTRAST[NON_ENHANCING, t1ce]
+        tumour = np.isin(tissue, (ENHANCING, NON_ENHANCING))
+        gain = TISSUE_CONTRAST[ENHANCING, t1ce] - base
+        contrast[t1ce][tumour] = base + gain * enhancement[tumour]
+    # Smoothing the piecewise-constant contrast mimics partial volume at tissue borders.
     signal = ndimage.gaussian_filter(contrast, sigma=(0, 0.6, 0.6, 0.6))
-    signal *= _bias_fields(rng, grid, field_of_view)
+    signal *= _bias_fields(rng, grid, field_of_view, scale=0.16 if hard else 0.08)
     scanner_gain = rng.uniform(150, 250, size=(len(MODALITIES), 1, 1, 1)).astype(np.float32)
     signal *= scanner_gain
     # Rician noise: the magnitude of a complex signal with Gaussian noise in both parts.
-    noise_sigma = np.float32(5.0)
+    noise_sigma = np.float32(14.0 if hard else 5.0)
     real, imaginary = rng.standard_normal((2, *signal.shape), dtype=np.float32) * noise_sigma
     signal = np.hypot(signal + real, imaginary) * (tissue != BACKGROUND)
     images = np.rint(signal).clip(0, np.iinfo(np.int16).max).astype(np.int16)
@@ -283,22 +331,54 @@ def _add_tumour(
     tissue: np.ndarray,
     brain_axes: np.ndarray,
     grade: str,
-) -> None:
-    """Draw a tumour of `grade` into the brain of `tissue`, in place."""
+    hard_rng: np.random.Generator | None = None,
+) -> np.ndarray | None:
+    """Draw a tumour of `grade` into the brain of `tissue`, in place.
+
+    A hard tumour (`hard_rng` given) is smaller (0.7 of the radius) and returns the strength of
+    its T1ce enhancement per voxel, 0 (none) to 1 (the standard rim's): a high grade's rim
+    enhances weakly or on one side only and may lack its necrotic core; a low grade may have a
+    faint enhancing patch or a fluid-filled cyst (labelled as necrosis, 1). A standard tumour
+    returns None.
+    """
     brain = np.isin(tissue, (CSF, GREY, WHITE))
     # The centre lies in the inner half of the brain, so the tumour rarely touches the skull.
     direction = rng.normal(size=3)
     centre = brain_axes * 0.5 * rng.uniform() ** (1 / 3) * direction / np.linalg.norm(direction)
-    core_radius = brain_axes.mean() * rng.uniform(0.18, 0.30)
+    size = rng.uniform(0.18, 0.30)
+    core_radius = brain_axes.mean() * (size * 0.7 if hard_rng is not None else size)
     core = _lumpy_distance(rng, grid, centre, core_radius)
     edema = _lumpy_distance(rng, grid, centre, core_radius * rng.uniform(1.4, 2.0))
+    necrosis_radius = rng.uniform(0.45, 0.7) if grade == "HGG" else None
 
     tissue[(edema < 1) & brain] = EDEMA
+    core_voxels = (core < 1) & brain
+    if hard_rng is None:
+        if grade == "HGG":
+            tissue[core_voxels] = ENHANCING
+            tissue[(core < necrosis_radius) & brain] = NECROSIS
+        else:
+            tissue[core_voxels] = NON_ENHANCING
+        return None
+
+    # Which side of the tumour enhances, for partial enhancement: a random half-space.
+    normal = hard_rng.normal(size=3)
+    side = sum(n * (axis - c) for n, axis, c in zip(normal, grid, centre, strict=True)) > 0
+    enhancement = np.zeros(tissue.shape, dtype=np.float32)
     if grade == "HGG":
-        tissue[(core < 1) & brain] = ENHANCING
-        tissue[(core < rng.uniform(0.45, 0.7)) & brain] = NECROSIS
+        tissue[core_voxels] = ENHANCING
+        strength = hard_rng.uniform(0.15, 1.0)
+        partial = hard_rng.uniform() < 0.4
+        enhancement[core_voxels & (side if partial else True)] = strength
+        if hard_rng.uniform() < 0.5:
+            tissue[(core < necrosis_radius) & brain] = NECROSIS
     else:
-        tissue[(core < 1) & brain] = NON_ENHANCING
+        tissue[core_voxels] = NON_ENHANCING
+        if hard_rng.uniform() < 0.35:
+            enhancement[core_voxels & side] = hard_rng.uniform(0.1, 0.35)
+        if hard_rng.uniform() < 0.3:
+            tissue[(core < hard_rng.uniform(0.3, 0.6)) & brain] = NECROSIS
+    return enhancement
 
 
 def _ellipsoid_radius(
@@ -332,10 +412,16 @@ def _lumpy_distance(
 
 
 def _bias_fields(
-    rng: np.random.Generator, grid: list[np.ndarray], field_of_view: np.ndarray
+    rng: np.random.Generator,
+    grid: list[np.ndarray],
+    field_of_view: np.ndarray,
+    scale: float = 0.08,
 ) -> np.ndarray:
-    """One smooth multiplicative field per modality: exp of a random quadratic, about ±20 %."""
+    """One smooth multiplicative field per modality: exp of a random quadratic, about ±20 % at
+    the standard `scale`."""
     x, y, z = (axis / (extent / 2) for axis, extent in zip(grid, field_of_view, strict=True))
     monomials = np.stack(np.broadcast_arrays(x, y, z, x * x, y * y, z * z, x * y, x * z, y * z))
-    coefficients = rng.normal(scale=0.08, size=(len(MODALITIES), len(monomials))).astype(np.float32)
+    coefficients = rng.normal(scale=scale, size=(len(MODALITIES), len(monomials))).astype(
+        np.float32
+    )
     return np.exp(np.tensordot(coefficients, monomials, axes=1))

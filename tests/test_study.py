@@ -1,0 +1,180 @@
+"""`resnext3d study`: variants of equal and double complexity, runs in the study's directory,
+finished runs skipped, killed ones resumed, and the three result files."""
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from resnext3d import study as study_module
+from resnext3d.models import count_parameters
+from resnext3d.models.complexity import bottleneck_parameters, complexity_table
+from resnext3d.models.resnext import ResNeXt
+from resnext3d.study import StudyError, load_study, study_main, variant_complexity
+
+ROOT = Path(__file__).parents[1]
+STUDIES = sorted((ROOT / "experiments" / "studies").glob("*.yaml"))
+REFERENCE_3D = bottleneck_parameters(1, 64, 3)
+
+
+def write_study(tmp_path: Path, **config) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def block_parameters(model: ResNeXt) -> int:
+    """The parameters of the second conv2-stage block's convolutions: 256 channels in and out,
+    the block `resnext3d complexity` counts."""
+    block = model.layer1[1]
+    return sum(conv.weight.numel() for conv in (block.conv1, block.conv2, block.conv3))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda path: path.stem)
+def test_the_study_configs_load_from_the_repository_root(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    study = load_study(path)
+    assert len(study.runs) == len(study.variants) * len(study.seeds) * len(study.folds)
+    assert len({run.name for run in study.runs}) == len(study.runs)
+
+
+def test_equal_complexity_widths_and_parameters_are_the_complexity_tables(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = write_study(
+        tmp_path,
+        base="brats_cls",
+        input_size=[32, 32, 32],
+        network={"preset": "resnext50_32x4d"},
+        reference={"cardinality": 1, "width": 64},
+        layers=[2, 1, 1, 1],
+        equal_complexity=[row["cardinality"] for row in complexity_table(3)],
+        double_complexity={"wider": {"cardinality": 1}, "more_groups": {"cardinality": 2}},
+    )
+    study = load_study(path)
+    equal = [v for v in study.variants if v.group == "equal"]
+    assert [(v.cardinality, v.width) for v in equal] == [
+        (row["cardinality"], row["equal_width"]) for row in complexity_table(3)
+    ]
+    for variant, row in zip(equal, complexity_table(3), strict=True):
+        with torch.device("meta"):
+            model = ResNeXt(
+                preset="resnext50_32x4d",
+                cardinality=variant.cardinality,
+                base_width=variant.width,
+                layers=variant.layers,
+                in_channels=4,
+                num_classes=2,
+            )
+        assert block_parameters(model) == row["equal_parameters"]
+        assert variant_complexity(study, variant)[0] == count_parameters(model)
+    double = {v.group: v for v in study.variants if v.group != "equal"}
+    wider, more_groups = double["wider"], double["more_groups"]
+    assert (more_groups.cardinality, more_groups.width) == (2, 64)  # the paper's 2×64d
+    assert bottleneck_parameters(1, wider.width, 3) == pytest.approx(2 * REFERENCE_3D, rel=0.02)
+
+
+def test_a_study_config_error_names_the_file_and_the_key(tmp_path):
+    path = write_study(tmp_path, base="brats_cls", cardinalities=[1, 2])
+    with pytest.raises(StudyError, match=r"toy\.yaml: unknown keys \['cardinalities'\]"):
+        load_study(path)
+
+
+@pytest.fixture
+def toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
+    """Two variants of a tiny network, one seed, two training steps and one validation batch."""
+    config = write_study(
+        tmp_path,
+        base=str(ROOT / "experiments" / "brats_cls.yaml"),
+        input_size=[16, 16, 16],
+        network={"preset": "resnext14_tiny"},
+        reference={"cardinality": 1, "width": 64},
+        layers=[1, 1, 1, 1],
+        equal_complexity=[1, 4],
+        seeds=[0],
+        overrides={
+            "trainer": {
+                "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
+                "accelerator": "cpu", "enable_progress_bar": False,
+                "enable_model_summary": False, "log_every_n_steps": 1,
+            },
+            "data": {"init_args": {
+                "data_dir": str(tiny_phantom), "roi_size": [16, 16, 16], "batch_size": 2,
+                "num_workers": 0, "spacing": [4.0, 4.0, 4.0],
+            }},
+        },
+    )  # fmt: skip
+    return config, tmp_path / "study"
+
+
+def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
+    toy_study, monkeypatch, capsys
+):
+    config, out_dir = toy_study
+    assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
+    for name in ("results.csv", "results.md", "results.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    table = (out_dir / "results.md").read_text().splitlines()
+    assert len(table) == 4 and len({line.count("|") for line in table}) == 1
+    with (out_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["C"], row["d"], row["depth"]) for row in rows] == [
+        ("1", "64", "14"),
+        ("4", "28", "14"),
+    ]
+    for row in rows:
+        assert row["metric"] == "val/auroc" and row["runs"] == "1"
+        assert 0.0 <= float(row["mean"]) <= 1.0 and row["seed0"] == row["mean"]
+        assert float(row["seconds_per_step"]) > 0
+        run = out_dir / "runs" / f"{row['variant']}-seed0"
+        tags = json.loads((run / "tags.json").read_text())
+        assert (tags["C"], tags["d"], tags["depth"], tags["seed"]) == (
+            int(row["C"]), int(row["d"]), 14, 0
+        )  # fmt: skip
+        assert f"study/C: {row['C']}" in (run / "hparams.yaml").read_text()
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert any(run.glob("events.out.tfevents.*"))
+    capsys.readouterr()
+
+    launched = []
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: launched.append(args))
+    assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
+    assert launched == []
+    assert capsys.readouterr().out.count("finished, skipped") == 2
+
+    # A run killed after its checkpoint, without its completion record, is resumed in place.
+    killed = out_dir / "runs" / "resnext14_4x28d-seed0"
+    (killed / study_module.FINISHED_FILE).unlink()
+
+    def finish(command, **kwargs):
+        launched.append(command)
+        (killed / study_module.FINISHED_FILE).write_text("{}")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", finish)
+    assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
+    (command,) = launched
+    assert command[command.index("fit") :] == ["fit", "--resume", str(killed)]
+
+
+def test_print_commands_and_slurm_array(toy_study, capsys):
+    config, out_dir = toy_study
+    assert study_main([str(config), "--out-dir", str(out_dir), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("resnext3d fit --config ") for line in lines)
+    run_config = yaml.safe_load(
+        (out_dir / "runs" / "resnext14_4x28d-seed0" / "run.yaml").read_text()
+    )
+    assert run_config["model"]["init_args"]["network"]["init_args"]["cardinality"] == 4
+    assert {lg["init_args"]["version"] for lg in run_config["trainer"]["logger"]} == {
+        "resnext14_4x28d-seed0"
+    }
+
+    script = out_dir / "study.sbatch"
+    assert study_main([str(config), "--out-dir", str(out_dir), "--slurm-array", str(script)]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-1" in text
+    assert '--task "$SLURM_ARRAY_TASK_ID"' in text
