@@ -23,24 +23,17 @@ def small_data(phantom) -> list[str]:
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
-def test_experiment_one_step_epoch_writes_its_run_directory(config, tiny_phantom, in_tmp_dir):
-    one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
-    main(["fit", "--config", str(config), *one_step, *small_data(tiny_phantom)])
+def test_an_experiment_fits_validates_tests_predicts_and_resumes_through_the_cli(
+    config, tiny_phantom, in_tmp_dir
+):
+    experiment = ["--config", str(config), *small_data(tiny_phantom)]
+    main(["fit", *experiment, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
     (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
     for written in ("config.yaml", "split.json", "metrics.csv", "checkpoints/last.ckpt"):
         assert (run / written).exists(), written
     # The configs leave the precision to the device; the run's config records what it got.
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == default_precision("cpu")
-
-
-@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
-def test_a_checkpoint_validates_tests_predicts_and_resumes_through_the_cli(
-    config, tiny_phantom, in_tmp_dir
-):
-    experiment = ["--config", str(config), *small_data(tiny_phantom)]
-    main(["fit", *experiment, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
-    (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
     last = run / "checkpoints" / "last.ckpt"
     # Tensors and plain Python values only: no MONAI MetaTensor, no pickled object.
     checkpoint = torch.load(last, weights_only=True)
