@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +17,12 @@ from monai.data.utils import pickle_hashing
 
 from resnext3d.data.errors import DataError, raise_for_problems
 from resnext3d.data.transforms import data_errors_unwrapped
+from resnext3d.files import PARTIAL_SUFFIX, atomic_file
 
 log = logging.getLogger(__name__)
 
 # A partial file this old belongs to a killed run, not to one still writing it.
 STALE_PARTIAL_SECONDS = 3600
-PARTIAL_SUFFIX = ".partial"
 
 
 class MemoryCache(CacheDataset):
@@ -112,19 +111,13 @@ def _file_stats(value: object) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def _write_atomically(item: object, cache_file: Path) -> None:
-    """Write to a temporary file beside `cache_file`, then rename it into place; a run that
-    cannot write (full disk, read-only folder) goes on uncached."""
-    descriptor, partial = tempfile.mkstemp(
-        dir=cache_file.parent, prefix=f".{cache_file.name}.", suffix=PARTIAL_SUFFIX
-    )
+    """Write `cache_file` whole or not at all; a run that cannot write (full disk, read-only
+    folder) goes on uncached."""
     try:
-        with os.fdopen(descriptor, "wb") as file:
+        with atomic_file(cache_file) as file:
             torch.save(item, file)
-        os.replace(partial, cache_file)
     except OSError as error:
         log.warning("%s: cannot write the cache file (%s); going on without it", cache_file, error)
-    finally:
-        Path(partial).unlink(missing_ok=True)  # gone after the rename; a failed write's remains
 
 
 def _remove_stale_partials(cache_dir: Path) -> None:

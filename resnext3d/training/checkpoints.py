@@ -4,7 +4,6 @@ when they do not fit the run they are given to; resuming a run in its own direct
 from __future__ import annotations
 
 import csv
-import os
 import pickle
 import shutil
 import zipfile
@@ -15,11 +14,11 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from resnext3d.files import PARTIAL_SUFFIX, atomic_file
+
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
-# A checkpoint being written; a writer killed mid-write leaves one, which the next save removes.
-PARTIAL_SUFFIX = ".partial"
 
 
 class CheckpointError(ValueError):
@@ -27,8 +26,9 @@ class CheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a hidden file beside it and renames it into place, so a process
-    killed while saving leaves the previous checkpoint intact and never a truncated one; reads
+    """Writes each checkpoint whole or not at all (:func:`resnext3d.files.atomic_file`), so a
+    process killed while saving leaves the previous checkpoint intact and never a truncated one,
+    and removes what such a process left at the next save; reads
     checkpoints with ``weights_only=True`` (tensors and plain Python values, no code).
 
     Lightning's own save writes through a temporary file in the system's temp folder, which a
@@ -44,15 +44,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".*{PARTIAL_SUFFIX}"):
             stale.unlink(missing_ok=True)  # left by a writer that was killed
-        partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-        try:
-            with partial.open("wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with atomic_file(path) as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = True
@@ -200,9 +193,7 @@ def _drop_metrics_after(metrics: Path, epoch: int) -> None:
     kept = [row for row in rows if not row.get("epoch") or float(row["epoch"]) <= epoch]
     if len(kept) == len(rows):
         return
-    partial = metrics.with_name(f".{metrics.name}{PARTIAL_SUFFIX}")
-    with partial.open("w", newline="") as file:
+    with atomic_file(metrics, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(kept)
-    os.replace(partial, metrics)
