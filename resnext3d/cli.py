@@ -23,16 +23,18 @@ from resnext3d.models import count_macs, count_parameters, create_model, list_mo
 from resnext3d.models.complexity import complexity_table
 from resnext3d.study import study_main
 from resnext3d.training import (
+    CONFIG_FILE,
     AtomicCheckpointIO,
     CheckpointError,
     NonFiniteError,
     NonFiniteGuard,
+    best_checkpoint,
     check_checkpoint_task,
     check_checkpoint_weights,
     prepare_resume,
     read_checkpoint,
+    resume_files,
 )
-from resnext3d.training.checkpoints import CONFIG_FILE, best_checkpoint, resume_files
 from resnext3d.training.performance import accelerator_device_type, default_precision
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,

@@ -4,12 +4,15 @@ device's fast paths, a resumable CSV log, and what runs write besides checkpoint
 figures: :mod:`resnext3d.training.callbacks`)."""
 
 from resnext3d.training.checkpoints import (
+    CONFIG_FILE,
     AtomicCheckpointIO,
     CheckpointError,
+    best_checkpoint,
     check_checkpoint_task,
     check_checkpoint_weights,
     prepare_resume,
     read_checkpoint,
+    resume_files,
 )
 from resnext3d.training.loggers import ResumableCSVLogger
 from resnext3d.training.nonfinite import NonFiniteError, NonFiniteGuard
@@ -17,6 +20,7 @@ from resnext3d.training.reproducibility import SeedEveryStep
 from resnext3d.training.schedules import WarmupCosineLR
 
 __all__ = [
+    "CONFIG_FILE",
     "AtomicCheckpointIO",
     "CheckpointError",
     "NonFiniteError",
@@ -24,8 +28,10 @@ __all__ = [
     "ResumableCSVLogger",
     "SeedEveryStep",
     "WarmupCosineLR",
+    "best_checkpoint",
     "check_checkpoint_task",
     "check_checkpoint_weights",
     "prepare_resume",
     "read_checkpoint",
+    "resume_files",
 ]
