@@ -219,3 +219,27 @@ def test_segmentation_metrics_are_the_same_from_either_cache(phantom, in_tmp_dir
             metrics.append(next(csv.DictReader(file)))
     assert metrics[0]["val/hd95_mean"] not in ("", "nan")
     assert metrics[0] == metrics[1] == metrics[2]
+
+
+def test_one_cache_folder_keeps_each_preprocessing_apart(phantom, tmp_path):
+    """The same files preprocessed another way (other voxel size, another task, the predict
+    pipeline without labels) are other cache entries, never a stale hit."""
+    cache_dir = tmp_path / "cache"
+
+    def validation_item(data_class, stage="fit", **settings):
+        settings = {**SETTINGS, **settings}
+        data = data_class(data_dir=str(phantom), cache="disk", cache_dir=str(cache_dir), **settings)
+        data.setup(stage)
+        if stage == "predict":
+            return data.predict_dataloader().dataset[0]
+        return data.val_dataloader().dataset[0]
+
+    coarse = validation_item(BratsSegmentationData, spacing=(4.0, 4.0, 4.0))
+    fine = validation_item(BratsSegmentationData, spacing=(2.0, 2.0, 2.0))
+    assert fine["image"].shape[1] > coarse["image"].shape[1]
+    graded = validation_item(BratsClassificationData)
+    assert graded["image"].shape[1:] == (32, 32, 32) and "label" in graded
+    predicted = validation_item(
+        BratsSegmentationData, "predict", spacing=(4.0, 4.0, 4.0), predict_split="val"
+    )
+    assert isinstance(predicted["label"], str)  # the path: predicting loads no label map

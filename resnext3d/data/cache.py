@@ -51,8 +51,10 @@ class MemoryCache(CacheDataset):
 class DiskCacheDataset(PersistentDataset):
     """MONAI's PersistentDataset made safe to share and to interrupt.
 
-    - The key of a case hashes its item and the size and modification time of each input file,
-      so a file replaced after caching is preprocessed again instead of served stale.
+    - The key of a case hashes its item, the size and modification time of each input file and
+      the preprocessing (the pickled deterministic transforms), so a file replaced after caching
+      is preprocessed again instead of served stale, and other preprocessing of the same files
+      (the predict pipeline, another voxel size) is another entry.
     - A cache file is written to a temporary file in the cache folder, then renamed into place
       (atomic on POSIX), so a run killed while writing leaves no half file under a cache name,
       and runs filling one cache at the same time never read each other's partial files. MONAI's
@@ -73,6 +75,9 @@ class DiskCacheDataset(PersistentDataset):
             transform,
             cache_dir=cache_dir,
             hash_func=file_state_hashing,
+            # The key also hashes the pickled transforms up to the first random one: without it,
+            # the predict pipeline (no label) served the validation pipeline's cached items.
+            hash_transform=pickle_hashing,
             weights_only=False,
         )
         _remove_stale_partials(self.cache_dir)

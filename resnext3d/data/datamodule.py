@@ -240,8 +240,8 @@ class BratsDataModule(L.LightningDataModule):
         return Dataset(items, transform)
 
     def _disk_cache_dir(self) -> Path:
-        # The cache key hashes the item (paths, label), not the preprocessing: keep one folder
-        # per data module and preprocessing setting.
+        # The cache key hashes the item's files and the preprocessing; one folder per data module
+        # and setting keeps the cache browsable and lets a user delete one setting's entries.
         roi = "x".join(map(str, self.roi_size))
         spacing = "x".join(map(str, self.spacing))
         kind = type(self).__name__
