@@ -1,5 +1,5 @@
 """Train-step time and peak memory on one CUDA GPU at real-BraTS sizes (128³): our ResNeXt
-classifier and ResNeXt UNet in both memory formats and precisions, beside MONAI's SegResNet and an
+classifier and ResNeXt UNets in both memory formats and precisions, beside MONAI's SegResNet and an
 nnU-Net-like DynUNet. A GPU-only companion of `make bench`, which sizes for the CPU.
 
     python -m benchmarks.gpu_train_steps   # prints one JSON line per row
@@ -61,6 +61,12 @@ def main() -> None:
         ("ResNeXtUNet resnext50_32x4d", lambda: resnext3d.ResNeXtUNet("resnext50_32x4d",
          in_channels=4, out_channels=3, upsample="nontrainable"), segmentation, cl, torch.bfloat16)
         for cl in (False, True)
+    ]  # fmt: skip
+    rows += [
+        (f"PlannedResNeXtUNet {preset} (brats_seg_gpu.yaml)", lambda preset=preset:
+         resnext3d.PlannedResNeXtUNet(preset, patch_size=(128,) * 3, spacing=(1.0,) * 3,
+         deep_supervision=True), segmentation, False, torch.bfloat16)
+        for preset in ("resnext_unet_s", "resnext_unet_m")
     ]  # fmt: skip
     rows += [
         ("SegResNet", lambda: SegResNet(3, 16, 4, 3, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)),

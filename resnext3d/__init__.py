@@ -1,10 +1,18 @@
 """resnext3d: 3D ResNeXt encoders, BraTS data and Lightning tasks for volumetric imaging."""
 
-from resnext3d.models import ResNeXt, ResNeXtUNet, create_model, list_models, load_pretrained
+from resnext3d.models import (
+    PlannedResNeXtUNet,
+    ResNeXt,
+    ResNeXtUNet,
+    create_model,
+    list_models,
+    load_pretrained,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PlannedResNeXtUNet",
     "ResNeXt",
     "ResNeXtUNet",
     "__version__",

@@ -19,7 +19,14 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from resnext3d.data.checks import check_data_main
 from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
-from resnext3d.models import count_macs, count_parameters, create_model, list_models
+from resnext3d.models import (
+    UNET_PRESETS,
+    PlannedResNeXtUNet,
+    count_macs,
+    count_parameters,
+    create_model,
+    list_models,
+)
 from resnext3d.models.complexity import complexity_table
 from resnext3d.study import study_main
 from resnext3d.training import (
@@ -75,6 +82,9 @@ class ResNeXtCLI(LightningCLI):
             ("data.num_classes", "model.init_args.network.init_args.num_classes"),
             ("data.num_classes", "model.init_args.network.init_args.out_channels"),
             ("data.class_names", "model.init_args.class_names"),
+            # A planned network (PlannedResNeXtUNet) takes its plan from the crops it trains on.
+            ("data.roi_size", "model.init_args.network.init_args.patch_size"),
+            ("data.spacing", "model.init_args.network.init_args.spacing"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -309,6 +319,9 @@ def models_command(argv: list[str]) -> None:
     parser.add_argument(
         "--input-size", type=int, nargs="+", default=[128], help="one size or one per axis"
     )
+    parser.add_argument(
+        "--spacing", type=float, nargs="+", default=[1.0], help="mm, for the planned UNets"
+    )
     args = parser.parse_args(argv)
     size = args.input_size * args.spatial_dims if len(args.input_size) == 1 else args.input_size
     if len(size) != args.spatial_dims:
@@ -330,6 +343,20 @@ def models_command(argv: list[str]) -> None:
         print(
             f"{name:<20} {layers:<14} {model.cardinality:>3} {model.base_width:>3} "
             f"{count_parameters(model) / 1e6:>11.2f} {macs / 1e9:>9.2f}"
+        )
+    spacing = args.spacing * args.spatial_dims if len(args.spacing) == 1 else args.spacing
+    print(f"\nSegmentation UNets planned for a {'x'.join(map(str, size))} patch at "
+          f"{'x'.join(map(str, spacing))} mm (PlannedResNeXtUNet)")  # fmt: skip
+    print(f"{'preset':<22} {'blocks':<14} {'C':>3} {'strides':<28} {'params (M)':>11} {'GMACs':>9}")
+    for name in UNET_PRESETS:
+        with torch.device("meta"):
+            unet = PlannedResNeXtUNet(name, size, spacing, in_channels=args.in_channels)
+            macs = count_macs(unet, shape)
+        blocks = "-".join(map(str, unet.encoder.layers))
+        strides = " ".join(str(r) for r in unet.encoder.feature_info.reduction())
+        print(
+            f"{name:<22} {blocks:<14} {unet.encoder.cardinality:>3} {strides:<28} "
+            f"{count_parameters(unet) / 1e6:>11.2f} {macs / 1e9:>9.2f}"
         )
 
 

@@ -53,6 +53,11 @@ def test_models_and_complexity_commands_print_their_tables(capsys):
     listing = capsys.readouterr().out
     assert all(name in listing for name in resnext3d.list_models())
     assert "25.89" in listing  # resnext50_32x4d, 3D, 4 in, 2 classes
+    main(["models", "--input-size", "32", "128", "128", "--spacing", "4", "1", "1"])
+    planned = capsys.readouterr().out
+    for name in resnext3d.models.UNET_PRESETS:
+        (row,) = [line for line in planned.splitlines() if line.startswith(f"{name} ")]
+        assert "1 (1, 2, 2) (1, 4, 4) (2, 8, 8) (4, 16, 16) (8, 32, 32)" in row
     main(["complexity"])
     table = capsys.readouterr().out
     assert "69,632" in table and "143,360" in table and "79,360" in table

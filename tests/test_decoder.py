@@ -115,7 +115,7 @@ def test_norm_and_act_by_name_reach_every_decoder_layer():
 
 def test_mismatched_arguments_are_rejected():
     encoder = resnext3d.create_model(TINY, in_channels=4, features_only=True)
-    with pytest.raises(ValueError, match="one entry per encoder feature map"):
+    with pytest.raises(ValueError, match="one entry per decoder stage \\(5, deepest first\\)"):
         ResNeXtUNet(TINY, decoder_channels=(64, 32, 16))
     with pytest.raises(ValueError, match="takes 4 channels in 3D"):
         ResNeXtUNet(encoder, in_channels=1)

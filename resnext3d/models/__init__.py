@@ -4,6 +4,7 @@
 from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
+from resnext3d.models.planning import UNET_PRESETS, PlannedResNeXtUNet, plan_strides
 from resnext3d.models.presets import PRESETS
 from resnext3d.models.registry import create_model, list_models
 from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt
@@ -11,9 +12,11 @@ from resnext3d.models.weights import inflate_kernel, load_pretrained, read_state
 
 __all__ = [
     "PRESETS",
+    "UNET_PRESETS",
     "BasicBlock",
     "Bottleneck",
     "FeatureInfo",
+    "PlannedResNeXtUNet",
     "ResNeXt",
     "ResNeXtUNet",
     "count_macs",
@@ -22,5 +25,6 @@ __all__ = [
     "inflate_kernel",
     "list_models",
     "load_pretrained",
+    "plan_strides",
     "read_state_dict",
 ]

@@ -1,17 +1,18 @@
-"""A UNet whose encoder is a ResNeXt: one decoder stage per encoder feature map, plus one to the
-input's full resolution.
+"""A UNet whose encoder is a ResNeXt: one decoder stage per skip connection.
 
 The encoder's feature maps (stem at stride 2, stages at 4…32 by default) are the skip
 connections. Each decoder stage upsamples by exactly the per-axis stride ratio between two
 successive feature maps, so anisotropic encoders (e.g. ``stem_stride=(1, 2, 2)``) decode to the
-right shape. The stem is at stride 2, so a last stage upsamples to full resolution, with a skip
-from a light convolution on the raw input.
+right shape. Where the shallowest feature map is below full resolution (the classification stem
+at stride 2), a last stage upsamples to full resolution with a skip from a light convolution on
+the raw input; an encoder with a full-resolution stage (:class:`PlannedResNeXtUNet`) needs none.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -21,16 +22,22 @@ from monai.networks.layers import get_act_layer
 from monai.networks.layers.factories import Conv
 
 from resnext3d.models.registry import create_model
-from resnext3d.models.resnext import LayerSpec, ResNeXt, make_norm
+from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXt, make_norm
 
 
 def conv_norm_act(
-    spatial_dims: int, in_channels: int, out_channels: int, norm: LayerSpec, act: LayerSpec
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    norm: LayerSpec,
+    act: LayerSpec,
+    kernel_size: int = 3,
 ) -> nn.Sequential:
-    """3×3 convolution, norm and activation; no conv bias, which the norm would subtract."""
+    """Convolution, norm and activation; no conv bias, which the norm would subtract."""
+    conv = Conv[Conv.CONV, spatial_dims]
     return nn.Sequential(
         OrderedDict(
-            conv=Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 3, padding=1, bias=False),
+            conv=conv(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
             norm=make_norm(norm, spatial_dims, out_channels),
             act=get_act_layer(act),
         )
@@ -38,7 +45,9 @@ def conv_norm_act(
 
 
 class DecoderStage(nn.Module):
-    """Upsample by ``scale`` (one factor per axis), concatenate the skip, two conv-norm-acts."""
+    """Upsample by ``scale`` (one factor per axis), concatenate the skip, then either two
+    conv-norm-acts (``block="conv"``) or a 1×1 conv-norm-act that merges the two and a grouped
+    bottleneck (``block="bottleneck"``: C groups, as wide as the encoder's at this width)."""
 
     def __init__(
         self,
@@ -50,6 +59,9 @@ class DecoderStage(nn.Module):
         norm: LayerSpec,
         act: LayerSpec,
         upsample: str,
+        block: Literal["conv", "bottleneck"] = "conv",
+        cardinality: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         # The upsampling also reduces the channels (transposed convolution, or a 1×1 convolution
@@ -57,10 +69,29 @@ class DecoderStage(nn.Module):
         self.upsample = UpSample(
             spatial_dims, in_channels, out_channels, scale_factor=tuple(scale), mode=upsample
         )
-        self.convs = nn.Sequential(
-            conv_norm_act(spatial_dims, out_channels + skip_channels, out_channels, norm, act),
-            conv_norm_act(spatial_dims, out_channels, out_channels, norm, act),
-        )
+        merged = out_channels + skip_channels
+        if block == "conv":
+            self.convs = nn.Sequential(
+                conv_norm_act(spatial_dims, merged, out_channels, norm, act),
+                conv_norm_act(spatial_dims, out_channels, out_channels, norm, act),
+            )
+        elif block == "bottleneck":
+            # At full resolution a 3×3 convolution on the concatenation costs most of a UNet's
+            # operations; a 1×1 merge and a grouped bottleneck cost a fraction of it.
+            self.convs = nn.Sequential(
+                conv_norm_act(spatial_dims, merged, out_channels, norm, act, kernel_size=1),
+                Bottleneck(
+                    out_channels,
+                    out_channels // Bottleneck.expansion,
+                    cardinality=cardinality,
+                    base_width=base_width,
+                    spatial_dims=spatial_dims,
+                    norm=norm,
+                    act=act,
+                ),
+            )
+        else:
+            raise ValueError(f"decoder block must be 'conv' or 'bottleneck', got {block!r}")
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = self.upsample(x)
@@ -80,8 +111,10 @@ class ResNeXtUNet(nn.Module):
         spatial_dims: 2 for images, 3 for volumes.
         encoder_kwargs: overrides for the preset when ``encoder`` is a name, e.g.
             ``{"norm": "instance", "stem_stride": (1, 2, 2)}``.
-        decoder_channels: output channels of each decoder stage, deepest first; one per encoder
-            feature map (5 with the default ``out_indices``), the last at full resolution.
+        decoder_channels: output channels of each decoder stage, deepest first, the last at full
+            resolution: one per encoder feature map (5 with the default ``out_indices``), one
+            fewer if the shallowest map is at full resolution. None: each stage as wide as its
+            skip (nnU-Net's choice), the one on the raw input half the shallowest map's width.
         norm: norm layer of every decoder convolution, by MONAI name (``"instance"``,
             ``"batch"``, ``"group"``…); the encoder's is set through ``encoder_kwargs``.
         act: activation of every decoder convolution, by MONAI name.
@@ -89,10 +122,14 @@ class ResNeXtUNet(nn.Module):
             ``"nontrainable"`` (1×1 convolution, then linear interpolation) or ``"pixelshuffle"``
             (isotropic strides only).
         input_skip: concatenate a conv-norm-act of the raw input in the full-resolution stage.
+            Only for encoders whose shallowest feature map is below full resolution, which
+            need that stage; None: wherever there is one.
+        decoder_block: ``"conv"``: two 3×3 conv-norm-acts per decoder stage; ``"bottleneck"``: a
+            1×1 merge of upsampled and skip, then a grouped bottleneck with the encoder's C and d.
         deep_supervision: in training mode, also return logits from intermediate decoder stages.
         deep_supervision_heads: how many decoder stages before the last get a logit head,
-            from the highest resolution down: 1 is the stage at the stem's stride (2), 2 adds
-            the one at stride 4, and so on.
+            from the highest resolution down: with the classification stem, 1 is the stage at
+            its stride (2), 2 adds the one at stride 4, and so on.
 
     Output:
         ``(B, out_channels, *spatial)`` logits of the input's spatial size. With
@@ -117,11 +154,12 @@ class ResNeXtUNet(nn.Module):
         out_channels: int = 3,
         spatial_dims: int = 3,
         encoder_kwargs: dict | None = None,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_channels: Sequence[int] | None = (256, 128, 64, 32, 16),
         norm: LayerSpec = "instance",
         act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         upsample: str = "deconv",
-        input_skip: bool = True,
+        input_skip: bool | None = None,
+        decoder_block: Literal["conv", "bottleneck"] = "conv",
         deep_supervision: bool = False,
         deep_supervision_heads: int = 2,
     ) -> None:
@@ -129,11 +167,23 @@ class ResNeXtUNet(nn.Module):
         self.encoder = _build_encoder(encoder, in_channels, spatial_dims, encoder_kwargs)
         feature_channels = self.encoder.feature_info.channels()
         feature_strides = self.encoder.feature_info.strides()
-        num_stages = len(feature_channels)
+        full_resolution = (1,) * spatial_dims
+        needs_input_stage = feature_strides[0] != full_resolution
+        if input_skip and not needs_input_stage:
+            raise ValueError(
+                "input_skip needs an encoder whose shallowest feature map is below full "
+                f"resolution; this one's is at stride {feature_strides[0]}"
+            )
+        # The skips, shallowest first: the raw input's stage (if any), then the feature maps.
+        skip_strides = [full_resolution] * needs_input_stage + feature_strides[:-1]
+        num_stages = len(skip_strides)
+        if decoder_channels is None:
+            input_stage_width = [feature_channels[0] // 2] * needs_input_stage
+            decoder_channels = [*reversed(feature_channels[:-1]), *input_stage_width]
         if len(decoder_channels) != num_stages:
             raise ValueError(
-                f"decoder_channels needs one entry per encoder feature map ({num_stages}, "
-                f"deepest first), got {tuple(decoder_channels)}"
+                f"decoder_channels needs one entry per decoder stage ({num_stages}, deepest "
+                f"first), got {tuple(decoder_channels)}"
             )
         if deep_supervision and not 1 <= deep_supervision_heads < num_stages:
             raise ValueError(
@@ -145,15 +195,15 @@ class ResNeXtUNet(nn.Module):
         self.total_stride = feature_strides[-1]
         self.deep_supervision = deep_supervision
 
+        input_skip = needs_input_stage if input_skip is None else input_skip
         input_skip_channels = decoder_channels[-1] if input_skip else 0
         self.input_skip = (
             conv_norm_act(spatial_dims, in_channels, input_skip_channels, norm, act)
             if input_skip
             else None
         )
-        # The raw input is the skip of the last stage: stride 1 along every axis.
-        skip_channels = [input_skip_channels, *feature_channels[:-1]]
-        skip_strides = [(1,) * spatial_dims, *feature_strides[:-1]]
+        self.needs_input_stage = needs_input_stage
+        skip_channels = [input_skip_channels] * needs_input_stage + feature_channels[:-1]
         stage_inputs = [feature_channels[-1], *decoder_channels[:-1]]
         self.stages = nn.ModuleList(
             DecoderStage(
@@ -165,12 +215,15 @@ class ResNeXtUNet(nn.Module):
                 norm=norm,
                 act=act,
                 upsample=upsample,
+                block=decoder_block,
+                cardinality=self.encoder.cardinality,
+                base_width=self.encoder.base_width,
             )
             for in_width, skip_width, out_width, deeper_stride, skip_stride in zip(
                 stage_inputs,
                 reversed(skip_channels),
                 decoder_channels,
-                reversed(feature_strides),
+                reversed(feature_strides[-num_stages:]),
                 reversed(skip_strides),
                 strict=True,
             )
@@ -186,7 +239,8 @@ class ResNeXtUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_divisible(x.shape[2:], self.total_stride)
         features = self.encoder(x)
-        skips = [self.input_skip(x) if self.input_skip is not None else None, *features[:-1]]
+        input_skip = self.input_skip(x) if self.input_skip is not None else None
+        skips = [input_skip] * self.needs_input_stage + features[:-1]
         y = features[-1]
         stage_outputs = []
         for stage, skip in zip(self.stages, reversed(skips), strict=True):

@@ -23,7 +23,6 @@ from resnext3d.models.presets import architecture
 
 LayerSpec = str | tuple[str, dict]
 SpatialSize = int | Sequence[int]
-NUM_STAGES = 4
 
 
 def make_norm(norm: LayerSpec, spatial_dims: int, channels: int) -> nn.Module:
@@ -188,7 +187,9 @@ class ResNeXt(nn.Module):
 
     Args:
         preset: a preset's name, e.g. ``"resnext50_32x4d"``; None for the template.
-        layers: blocks per stage; ``(3, 4, 6, 3)`` is the 50-layer template.
+        layers: blocks per stage; ``(3, 4, 6, 3)`` is the 50-layer template. Any number of
+            stages works (segmentation encoders plan theirs); ``channels`` and ``strides`` then
+            need one entry per stage too.
         block: ``"bottleneck"`` (ResNeXt, ResNet-50 and deeper) or ``"basic"`` (ResNet-18/34).
         cardinality: C, the number of groups of the grouped 3×3 convolution.
         base_width: d, the width of each group in the first stage (doubles every stage).
@@ -216,7 +217,8 @@ class ResNeXt(nn.Module):
             "Speed and memory"). The recomputation repeats each batch norm's forward, so running
             statistics move twice per step, as in timm and torchvision.
         features_only: return the feature maps at ``out_indices`` instead of logits.
-        out_indices: which feature maps: 0 is the stem (stride 2), 1–4 the stages (4…32).
+        out_indices: which feature maps: 0 is the stem (stride 2), 1–4 the stages (4…32);
+            None for all of them.
     """
 
     def __init__(
@@ -244,7 +246,7 @@ class ResNeXt(nn.Module):
         zero_init_last: bool = True,
         grad_checkpointing: bool = False,
         features_only: bool = False,
-        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+        out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         chosen = architecture(
@@ -270,7 +272,7 @@ class ResNeXt(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = grad_checkpointing
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
+        self.out_indices = tuple(range(len(layers) + 1) if out_indices is None else out_indices)
         conv = Conv[Conv.CONV, spatial_dims]
 
         stem_stride = ensure_tuple_rep(stem_stride, spatial_dims)
@@ -411,7 +413,7 @@ class ResNeXt(nn.Module):
         return stage(x)
 
     def _stages(self) -> list[nn.Sequential]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+        return [getattr(self, f"layer{index}") for index in range(1, len(self.layers) + 1)]
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(self.conv1(x)))
@@ -482,9 +484,13 @@ def _check_arguments(
             f"cardinality (C) and base_width (d) must be positive, got C={cardinality}, "
             f"d={base_width}"
         )
-    for name, values in (("layers", layers), ("channels", channels), ("strides", strides)):
-        if len(values) != NUM_STAGES:
-            raise ValueError(f"{name} needs one entry per stage ({NUM_STAGES}), got {values!r}")
+    if not layers:
+        raise ValueError("layers needs one entry per stage, got none")
+    for name, values in (("channels", channels), ("strides", strides)):
+        if len(values) != len(layers):
+            raise ValueError(
+                f"{name} needs one entry per stage ({len(layers)}, as layers has), got {values!r}"
+            )
     if block == "bottleneck" and any(planes * base_width < 64 for planes in channels):
         raise ValueError(
             f"base_width d={base_width} leaves stage widths {list(channels)} with groups of "

@@ -1,0 +1,179 @@
+"""A ResNeXt UNet planned for its patch, as nnU-Net plans its residual-encoder UNet.
+
+nnU-Net (Isensee et al. 2021; the residual encoders of Isensee et al. 2024) derives the network
+from the patch size and the voxel spacing instead of fixing it: a first stage at full resolution,
+then a stride-2 downsampling per stage along every axis that still has at least twice the
+smallest feature map (4 voxels) and whose spacing is less than twice the finest one, so thick
+slices keep their resolution until the in-plane axes catch up; channels start at 32 and double
+per stage up to 320; more residual blocks in the deeper stages. :class:`PlannedResNeXtUNet` is
+that plan with grouped bottlenecks: every block splits its 3×3 convolution into ``cardinality``
+groups, the ResNeXt form of nnU-Net's encoder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from resnext3d.models.decoder import ResNeXtUNet
+from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXt
+
+MIN_FEATURE_SIZE = 4  # nnU-Net stops downsampling an axis before its map falls below this
+FIRST_WIDTH = 32
+MAX_WIDTH = 320
+
+# Blocks per stage (truncated to the planned number of stages), C, and the width of each group in
+# the first stage (it doubles with the channels, as in ResNeXt). The block counts are nnU-Net's
+# residual encoders': M's, and half of them for S.
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    "resnext_unet_s": dict(blocks=(1, 2, 2, 3, 3, 3, 3), cardinality=8, group_width=4),
+    "resnext_unet_m": dict(blocks=(1, 3, 4, 6, 6, 6, 6), cardinality=8, group_width=4),
+    "resnext_unet_m_16x2d": dict(blocks=(1, 3, 4, 6, 6, 6, 6), cardinality=16, group_width=2),
+}
+
+
+def plan_strides(
+    patch_size: Sequence[int],
+    spacing: Sequence[float],
+    min_feature_size: int = MIN_FEATURE_SIZE,
+    max_downsamplings: int = 6,
+) -> list[tuple[int, ...]]:
+    """The stride of each downsampling, one value per axis, as nnU-Net plans them.
+
+    An axis is halved while its map keeps ``min_feature_size`` voxels or more, its size is even
+    (so that the patch stays a multiple of the total stride) and its spacing is less than twice
+    the finest current spacing: ``(128, 128, 128)`` at 1 mm gives five 2×2×2
+    strides (128 -> 4); ``(32, 256, 256)`` at (5, 0.8, 0.8) mm halves only the in-plane axes until
+    their spacing reaches the slices'.
+    """
+    if len(patch_size) != len(spacing):
+        raise ValueError(
+            f"patch_size {tuple(patch_size)} and spacing {tuple(spacing)} need one entry per axis"
+        )
+    if any(s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be positive, got {tuple(spacing)}")
+    size, current = list(patch_size), [float(s) for s in spacing]
+    strides: list[tuple[int, ...]] = []
+    while len(strides) < max_downsamplings:
+        finest = min(current)
+        stride = tuple(
+            2
+            if size[axis] >= 2 * min_feature_size
+            and size[axis] % 2 == 0
+            and current[axis] < 2 * finest
+            else 1
+            for axis in range(len(size))
+        )
+        if all(s == 1 for s in stride):
+            break
+        size = [n // s for n, s in zip(size, stride, strict=True)]
+        current = [c * s for c, s in zip(current, stride, strict=True)]
+        strides.append(stride)
+    return strides
+
+
+class PlannedResNeXtUNet(ResNeXtUNet):
+    """A :class:`ResNeXtUNet` whose encoder is planned from the patch and the spacing.
+
+    The stem is one 3×3 convolution at full resolution (no max-pool), followed by a stage of
+    grouped bottlenecks at stride 1 and one stage per planned downsampling (:func:`plan_strides`);
+    stage outputs have 32, 64, 128… channels, at most 320; each decoder stage has its skip's
+    width. Norms are instance norms with learnt scales, activations leaky ReLUs, as in nnU-Net.
+
+    Args:
+        preset: a name in :data:`UNET_PRESETS`: blocks per stage, cardinality and group width.
+        patch_size: the training crop, in voxels (the CLI links it from the data's roi_size).
+        spacing: the voxel size, in mm (linked from the data's spacing).
+        in_channels: input channels, e.g. 4 MRI modalities.
+        out_channels: output channels (logits), e.g. 3 regions.
+        blocks: override the preset's blocks per stage.
+        cardinality: override the preset's C.
+        group_width: override the preset's width of each group in the first stage.
+        first_width: override the preset's channels of the first stage (32, as nnU-Net's).
+        max_downsamplings: at most this many downsamplings, whatever the patch allows.
+        decoder_block: as in :class:`ResNeXtUNet`; ``"bottleneck"`` makes the decoder's stages
+            grouped bottlenecks too, far cheaper than two 3×3 convolutions on the concatenation.
+        deep_supervision, deep_supervision_heads: as in :class:`ResNeXtUNet`.
+        norm, act: every layer's, encoder and decoder.
+        drop_path_rate: stochastic depth of the encoder's blocks.
+    """
+
+    def __init__(
+        self,
+        preset: str = "resnext_unet_m",
+        patch_size: Sequence[int] = (128, 128, 128),
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        in_channels: int = 4,
+        out_channels: int = 3,
+        blocks: Sequence[int] | None = None,
+        cardinality: int | None = None,
+        group_width: int | None = None,
+        first_width: int | None = None,
+        max_downsamplings: int = 6,
+        decoder_block: Literal["conv", "bottleneck"] = "bottleneck",
+        deep_supervision: bool = False,
+        deep_supervision_heads: int = 2,
+        norm: LayerSpec = ("instance", {"affine": True}),
+        act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        chosen = _unet_preset(preset)
+        blocks = tuple(blocks or chosen["blocks"])
+        cardinality = cardinality or chosen["cardinality"]
+        group_width = group_width or chosen["group_width"]
+        first_width = first_width or chosen.get("first_width", FIRST_WIDTH)
+        spatial_dims = len(patch_size)
+        strides = [(1,) * spatial_dims, *plan_strides(patch_size, spacing, MIN_FEATURE_SIZE,
+                                                      max_downsamplings)]  # fmt: skip
+        if len(blocks) < len(strides):
+            raise ValueError(
+                f"the patch {tuple(patch_size)} at {tuple(spacing)} mm plans {len(strides)} "
+                f"stages, but blocks gives {len(blocks)}: {blocks}"
+            )
+        widths = [min(first_width * 2**stage, MAX_WIDTH) for stage in range(len(strides))]
+        planes = [width // Bottleneck.expansion for width in widths]
+        encoder = ResNeXt(
+            layers=blocks[: len(strides)],
+            block="bottleneck",
+            cardinality=cardinality,
+            # ResNeXt's d: the first stage's groups are planes * d / 64 channels wide.
+            base_width=group_width * 64 // planes[0],
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            channels=planes,
+            stem_width=widths[0],
+            stem_kernel_size=3,
+            stem_stride=1,
+            no_max_pool=True,
+            strides=strides,
+            norm=norm,
+            act=act,
+            drop_path_rate=drop_path_rate,
+            features_only=True,
+            out_indices=range(1, len(strides) + 1),  # the stages; the stem is the first's input
+        )
+        super().__init__(
+            encoder,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            spatial_dims=spatial_dims,
+            decoder_channels=None,
+            norm=norm,
+            act=act,
+            upsample="deconv",
+            decoder_block=decoder_block,
+            deep_supervision=deep_supervision,
+            deep_supervision_heads=deep_supervision_heads,
+        )
+        self.preset, self.patch_size, self.spacing = preset, tuple(patch_size), tuple(spacing)
+
+
+def _unet_preset(name: str) -> dict[str, Any]:
+    if name not in UNET_PRESETS:
+        close = difflib.get_close_matches(name, UNET_PRESETS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown UNet preset {name!r}.{hint} Available: {', '.join(sorted(UNET_PRESETS))}"
+        )
+    return UNET_PRESETS[name]
