@@ -78,3 +78,18 @@ def test_wandb_goes_offline_without_an_api_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", "key")
     _keep_wandb_offline_without_key(Logger)
     assert Logger.init_args.offline is False
+
+
+def test_segmentation_steps_mix_cases(tiny_phantom):
+    """One case per step never learns "no enhancing tumour here": in a batch from one low-grade
+    case the Dice gradient on ET all but vanishes. The experiment's steps hold several cases."""
+    from resnext3d.data import BratsSegmentationData
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "brats_seg.yaml").open())
+    settings = {**config["data"]["init_args"], "data_dir": str(tiny_phantom), "num_workers": 0}
+    data = BratsSegmentationData(**settings)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert settings["batch_size"] >= 2
+    assert len(batch["image"]) == settings["batch_size"] * settings["samples_per_case"]
+    assert len(set(batch["case_id"])) == settings["batch_size"]

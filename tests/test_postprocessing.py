@@ -47,8 +47,6 @@ def test_validation_logs_each_metric_raw_and_post_processed(tiny_phantom, in_tmp
     main(
         ["validate", "--config", str(CONFIG),
          "--data.init_args.data_dir", str(tiny_phantom), "--data.init_args.num_workers", "0",
-         "--model.init_args.network.init_args.encoder", "resnext14_tiny",
-         "--model.init_args.network.init_args.decoder_channels", "[64, 32, 16, 16, 8]",
          "--model.init_args.postprocessing", "resnext3d.tasks.RegionPostprocessing",
          "--model.init_args.postprocessing.init_args.enhancing_min_mm3", "500"]
     )  # fmt: skip

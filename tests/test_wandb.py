@@ -18,8 +18,6 @@ def test_a_segmentation_run_logs_metrics_and_figures_to_wandb_offline(tiny_phant
         "--config", str(ROOT / "experiments" / "brats_seg.yaml"),
         "--config", str(ROOT / "experiments" / "loggers" / "wandb.yaml"),
         *small_data(tiny_phantom),
-        "--model.init_args.network.init_args.encoder", "resnext14_tiny",
-        "--model.init_args.network.init_args.decoder_channels", "[64, 32, 16, 16, 8]",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
         "--trainer.check_val_every_n_epoch", "1",
         cwd=tmp_path, env=environment,
