@@ -83,12 +83,16 @@ def train_and_validate(
     validated = next(path for path in (workdir / "runs" / "brats_seg").iterdir() if path != trained)
     with (validated / "metrics.csv").open() as handle:
         (row,) = [r for r in csv.DictReader(handle) if r.get("val/dice_mean")]
-    return {key.removeprefix("val/"): float(value) for key, value in row.items()
-            if key.startswith("val/") and value}  # fmt: skip
+    with (trained / "metrics.csv").open() as handle:
+        steps = max(int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss"))
+    metrics = {key.removeprefix("val/"): float(value) for key, value in row.items()
+               if key.startswith("val/") and value}  # fmt: skip
+    return {**metrics, "steps": steps}
 
 
 def summarise(results: dict[str, list[dict[str, float]]]) -> list[str]:
-    """A markdown table: each metric's mean ± half range over seeds, and each network's ratios
+    """A markdown table: the training steps each network made in the budget (mean over seeds),
+    each metric's mean ± half range over seeds, and each network's ratios
     to the best other network's: mean Dice over TC and WT (above 1 is better), HD95 WT (below 1
     is better)."""
     keys = [f"dice_{r}" for r in REGIONS] + [f"hd95_{r}" for r in ("tc", "wt")]
@@ -100,10 +104,10 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> list[str]:
         return (mean(name, "dice_tc") + mean(name, "dice_wt")) / 2
 
     lines = [
-        "| network | "
+        "| network | training steps | "
         + " | ".join(keys)
         + " | Dice (TC+WT)/2 vs best other | HD95 WT vs best other |",
-        "|---" * (len(keys) + 3) + "|",
+        "|---" * (len(keys) + 4) + "|",
     ]
     for name, seeds in results.items():
         cells = []
@@ -114,8 +118,9 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> list[str]:
         others = [other for other in results if other != name]
         best_dice = max(score(o) for o in others) if others else float("nan")
         best_hd = min(mean(o, "hd95_wt") for o in others) if others else float("nan")
+        steps = statistics.fmean(seed.get("steps", float("nan")) for seed in seeds)
         lines.append(
-            f"| {name} | " + " | ".join(cells)
+            f"| {name} | {steps:.0f} | " + " | ".join(cells)
             + f" | {score(name) / best_dice:.3f} | {mean(name, 'hd95_wt') / best_hd:.3f} |"
         )  # fmt: skip
     return lines
