@@ -323,9 +323,13 @@ def models_command(argv: list[str]) -> None:
         "--spacing", type=float, nargs="+", default=[1.0], help="mm, for the planned UNets"
     )
     args = parser.parse_args(argv)
-    size = args.input_size * args.spatial_dims if len(args.input_size) == 1 else args.input_size
-    if len(size) != args.spatial_dims:
-        parser.error(f"--input-size needs 1 or {args.spatial_dims} values, got {len(size)}")
+
+    def per_axis(option: str, values: list) -> list:
+        if len(values) not in (1, args.spatial_dims):
+            parser.error(f"--{option} needs 1 or {args.spatial_dims} values, got {len(values)}")
+        return values * args.spatial_dims if len(values) == 1 else values
+
+    size, spacing = per_axis("input-size", args.input_size), per_axis("spacing", args.spacing)
     shape = (1, args.in_channels, *size)
     print(f"{args.spatial_dims}D, input {'x'.join(map(str, shape))}, {args.num_classes} classes")
     print(f"{'model':<20} {'layers':<14} {'C':>3} {'d':>3} {'params (M)':>11} {'GMACs':>9}")
@@ -344,7 +348,6 @@ def models_command(argv: list[str]) -> None:
             f"{name:<20} {layers:<14} {model.cardinality:>3} {model.base_width:>3} "
             f"{count_parameters(model) / 1e6:>11.2f} {macs / 1e9:>9.2f}"
         )
-    spacing = args.spacing * args.spatial_dims if len(args.spacing) == 1 else args.spacing
     print(f"\nSegmentation UNets planned for a {'x'.join(map(str, size))} patch at "
           f"{'x'.join(map(str, spacing))} mm (PlannedResNeXtUNet)")  # fmt: skip
     print(f"{'preset':<22} {'blocks':<14} {'C':>3} {'strides':<28} {'params (M)':>11} {'GMACs':>9}")

@@ -58,6 +58,9 @@ def test_models_and_complexity_commands_print_their_tables(capsys):
     for name in resnext3d.models.UNET_PRESETS:
         (row,) = [line for line in planned.splitlines() if line.startswith(f"{name} ")]
         assert "1 (1, 2, 2) (1, 4, 4) (2, 8, 8) (4, 16, 16) (8, 32, 32)" in row
+    with pytest.raises(SystemExit):
+        main(["models", "--spacing", "1", "2"])
+    assert "--spacing needs 1 or 3 values, got 2" in capsys.readouterr().err
     main(["complexity"])
     table = capsys.readouterr().out
     assert "69,632" in table and "143,360" in table and "79,360" in table

@@ -12,11 +12,11 @@ groups, the ResNeXt form of nnU-Net's encoder.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from resnext3d.models.decoder import ResNeXtUNet
+from resnext3d.models.presets import lookup_preset
 from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXt
 
 MIN_FEATURE_SIZE = 4  # nnU-Net stops downsampling an axis before its map falls below this
@@ -118,7 +118,7 @@ class PlannedResNeXtUNet(ResNeXtUNet):
         act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         drop_path_rate: float = 0.0,
     ) -> None:
-        chosen = _unet_preset(preset)
+        chosen = lookup_preset(preset, UNET_PRESETS, "UNet preset")
         blocks = tuple(blocks or chosen["blocks"])
         cardinality = cardinality or chosen["cardinality"]
         group_width = group_width or chosen["group_width"]
@@ -166,14 +166,3 @@ class PlannedResNeXtUNet(ResNeXtUNet):
             deep_supervision=deep_supervision,
             deep_supervision_heads=deep_supervision_heads,
         )
-        self.preset, self.patch_size, self.spacing = preset, tuple(patch_size), tuple(spacing)
-
-
-def _unet_preset(name: str) -> dict[str, Any]:
-    if name not in UNET_PRESETS:
-        close = difflib.get_close_matches(name, UNET_PRESETS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown UNet preset {name!r}.{hint} Available: {', '.join(sorted(UNET_PRESETS))}"
-        )
-    return UNET_PRESETS[name]

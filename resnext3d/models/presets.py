@@ -44,13 +44,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def lookup_preset(name: str, table: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
+    """``table[name]``, or a ValueError naming the closest names and every available one."""
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(table))}")
+    return table[name]
+
+
 def architecture(preset: str | None = None, **given: Any) -> dict[str, Any]:
     """The architecture arguments of a network: each one given (not None), else the preset's,
     else the template's."""
-    if preset is not None and preset not in PRESETS:
-        close = difflib.get_close_matches(preset, PRESETS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {preset!r}.{hint} Available: {', '.join(sorted(PRESETS))}")
+    if preset is not None:
+        lookup_preset(preset, PRESETS, "model")
     unknown = set(given) - set(TEMPLATE)
     if unknown:
         raise TypeError(f"not architecture arguments: {', '.join(sorted(unknown))}")
