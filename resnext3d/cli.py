@@ -49,6 +49,11 @@ from resnext3d.training.performance import accelerator_device_type, default_prec
 RUN_VERSION_VARIABLE = "RESNEXT3D_RUN_VERSION"
 _RUN_NUMBERS = itertools.count()
 DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
+LIGHTNING_MODEL_CHECKPOINTS = {
+    f"{package}.callbacks{module}.ModelCheckpoint"
+    for package in ("lightning.pytorch", "pytorch_lightning")
+    for module in ("", ".model_checkpoint")
+}
 
 
 class ResNeXtCLI(LightningCLI):
@@ -159,7 +164,7 @@ class ResNeXtCLI(LightningCLI):
                 # Its files beside the run's other logs, the run's version as its id.
                 logger.init_args.save_dir = config.trainer.default_root_dir
                 _keep_wandb_offline_without_key(logger)
-        self._monitor_the_tasks_metric(config)
+        self._configure_checkpoints(config)
 
     def _experiment_name(self) -> str:
         """The name of the first --config file (runs/<name>/...), or "run" without one."""
@@ -167,11 +172,15 @@ class ResNeXtCLI(LightningCLI):
         return files[0].stem if files else "run"
 
     @staticmethod
-    def _monitor_the_tasks_metric(config) -> None:
-        """Checkpoint callbacks without a monitor keep the best of the task's own metric."""
+    def _configure_checkpoints(config) -> None:
+        """Checkpoint callbacks are the project's ModelCheckpoint, whose last.ckpt is always the
+        latest state, even where a config names Lightning's; without a monitor they keep the
+        best of the task's own metric."""
         module, _, name = config.model.class_path.rpartition(".")
         task = getattr(importlib.import_module(module), name)
         for callback in config.trainer.callbacks or []:
+            if callback.class_path in LIGHTNING_MODEL_CHECKPOINTS:
+                callback.class_path = "resnext3d.training.ModelCheckpoint"
             arguments = getattr(callback, "init_args", None)
             if callback.class_path.endswith("ModelCheckpoint") and arguments.monitor is None:
                 arguments.monitor, arguments.mode = task.checkpoint_monitor

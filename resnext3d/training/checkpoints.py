@@ -1,5 +1,6 @@
 """Checkpoints that are written whole or not at all, read back safely, and described clearly
-when they do not fit the run they are given to; resuming a run in its own directory."""
+when they do not fit the run they are given to; a ``last.ckpt`` that is always the latest state;
+resuming a run in its own directory."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from resnext3d.files import PARTIAL_SUFFIX, atomic_file
+from resnext3d.files import PARTIAL_SUFFIX, atomic_file, describe_os_error
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 CONFIG_FILE = "config.yaml"
@@ -44,13 +48,66 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".*{PARTIAL_SUFFIX}"):
             stale.unlink(missing_ok=True)  # left by a writer that was killed
-        with atomic_file(path) as file:
-            torch.save(checkpoint, file)
+        try:
+            with atomic_file(path) as file:
+                torch.save(checkpoint, file)
+        except (OSError, RuntimeError) as error:
+            # torch.save reports a failed write as "RuntimeError: [enforce fail at
+            # inline_container.cc...] file write failed": say which file and why.
+            raise CheckpointError(
+                f"{path}: the checkpoint could not be written ({describe_os_error(error, path)}); "
+                "the checkpoints already in its folder are unchanged"
+            ) from error
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = True
     ) -> dict[str, Any]:
         return read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+class ModelCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` (``save_last``) is the latest state
+    after every epoch, whatever the monitored metric did, and the state the run reached when a
+    signal stopped it (SIGTERM from ``kill`` or a scheduler, SIGINT from Ctrl-C).
+
+    Lightning 2.6.6 writes ``last.ckpt`` only in an epoch whose monitored metric improved (its
+    ``on_validation_end``): a run whose last epochs do not improve would end with its final
+    weights nowhere on disk, and resume from an older epoch. Its name is Lightning's, so that
+    checkpoints keep one callback-state key across versions.
+    """
+
+    _last_saved_at_step: int | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_unless_saved(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        stopped_by_signal = isinstance(exception, SIGTERMException | KeyboardInterrupt)
+        if stopped_by_signal and trainer.state.fn == "fit":
+            self._save_last_unless_saved(trainer)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_saved_at_step = trainer.global_step
+
+    def _save_last_unless_saved(self, trainer: L.Trainer) -> None:
+        if (
+            self.save_last
+            and self._last_saved_at_step != trainer.global_step
+            and not trainer.fast_dev_run
+            and not trainer.sanity_checking
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def read_checkpoint(
@@ -114,7 +171,7 @@ def check_checkpoint_weights(
     path: str | Path, checkpoint: Mapping[str, Any], model: torch.nn.Module
 ) -> None:
     """Raise a CheckpointError when the weights in `checkpoint` do not fit `model`, naming
-    the first that differ."""
+    the first that differ, or are not all finite."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
     missing, unexpected = sorted(expected.keys() - saved), sorted(saved.keys() - expected)
@@ -134,6 +191,17 @@ def check_checkpoint_weights(
             f"run's model ({len(reshaped)} differ in shape, {len(missing)} missing, "
             f"{len(unexpected)} unexpected; e.g. {'; '.join(examples[:3])}): was it trained "
             "with another encoder (preset, layers, cardinality, base_width) or decoder?"
+        )
+    broken = [
+        name
+        for name, tensor in checkpoint["state_dict"].items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        raise CheckpointError(
+            f"{path} holds {describe_checkpoint(checkpoint)} with {len(broken)} weights that are "
+            f"NaN or infinite (e.g. {', '.join(broken[:3])}): its predictions would be too; "
+            "use an earlier checkpoint of the run"
         )
 
 
