@@ -243,3 +243,87 @@ def test_one_cache_folder_keeps_each_preprocessing_apart(phantom, tmp_path):
         BratsSegmentationData, "predict", spacing=(4.0, 4.0, 4.0), predict_split="val"
     )
     assert isinstance(predicted["label"], str)  # the path: predicting loads no label map
+
+
+class ShellCommand:
+    """A pickle that runs a shell command when it is loaded."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def segmentation(phantom, cache_dir, stage="fit", cache="disk", **settings):
+    data = BratsSegmentationData(
+        data_dir=str(phantom),
+        spacing=(4.0, 4.0, 4.0),
+        cache=cache,
+        cache_dir=str(cache_dir),
+        **{**SETTINGS, **settings},
+    )
+    data.setup(stage)
+    return data
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_planted_pickle_runs_no_code(phantom, tmp_path, caplog, zip_format):
+    """A cache folder another user can write to must not run their code: the entry is refused,
+    named, and computed again."""
+    data = segmentation(phantom, tmp_path / "cache")
+    expected = data._datasets["val"][0]
+    (cache_file,) = cache_files(tmp_path / "cache")
+    marker = tmp_path / "code_ran"
+    planted = {"image": ShellCommand(f"touch {marker}")}
+    torch.save(planted, cache_file, _use_new_zipfile_serialization=zip_format)
+
+    again = segmentation(phantom, tmp_path / "cache")._datasets["val"][0]
+    assert not marker.exists()
+    assert_same_items(again, expected)
+    assert str(cache_file) in caplog.text
+    caplog.clear()
+    segmentation(phantom, tmp_path / "cache")._datasets["val"][0]
+    assert not marker.exists() and not caplog.text  # the planted entry was overwritten
+
+
+def test_an_entry_copied_over_another_case_is_computed_again(phantom, tmp_path, caplog):
+    """An entry under another case's name (copied, renamed) is never served as that case."""
+    cache_dir = tmp_path / "cache"
+    data = segmentation(phantom, cache_dir)
+    dataset = data._datasets["val"]
+    dataset[0]
+    (first_file,) = cache_files(cache_dir)
+    dataset[1]
+    (second_file,) = set(cache_files(cache_dir)) - {first_file}
+    second_file.write_bytes(first_file.read_bytes())
+
+    again = segmentation(phantom, cache_dir)._datasets["val"][1]
+    expected = segmentation(phantom, tmp_path / "unused", cache="memory")._datasets["val"][1]
+    assert again["case_id"] == expected["case_id"] != dataset[0]["case_id"]
+    assert_same_items(again, expected)
+    assert str(second_file) in caplog.text
+    caplog.clear()
+    assert_same_items(segmentation(phantom, cache_dir)._datasets["val"][1], expected)
+    assert not caplog.text  # the entry was written again, as the second case
+
+
+def test_every_pipeline_loads_its_entries_without_computing_them_again(phantom, tmp_path, caplog):
+    """Entries are loaded with only the types they hold allowed: each pipeline's second load is a
+    hit, not a refused entry computed again."""
+    cache_dir = tmp_path / "cache"
+    pipelines = {
+        "classification": lambda: classification(phantom, cache_dir)._datasets["val"],
+        "segmentation": lambda: segmentation(phantom, cache_dir)._datasets["val"],
+        "prediction": lambda: (
+            segmentation(phantom, cache_dir, "predict", predict_split="val")
+            .predict_dataloader()
+            .dataset
+        ),
+    }
+    for name, dataset in pipelines.items():
+        dataset()[0]
+        written = {path: path.stat().st_mtime_ns for path in cache_files(cache_dir)}
+        dataset()[0]
+        assert not caplog.text, name
+        assert {path: path.stat().st_mtime_ns for path in cache_files(cache_dir)} == written, name

@@ -1,19 +1,25 @@
 """The caches of preprocessed cases: in memory, reporting every unreadable case; on disk, safe
-against kills, concurrent runs and changed files."""
+against kills, concurrent runs, changed files and files planted or copied into the cache."""
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
+import pickle
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
-from monai.data import CacheDataset, PersistentDataset
+from monai.data import CacheDataset, MetaTensor, PersistentDataset
 from monai.data.utils import pickle_hashing
+from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
 
 from resnext3d.data.errors import DataError, raise_for_problems
 from resnext3d.data.transforms import data_errors_unwrapped
@@ -23,6 +29,46 @@ log = logging.getLogger(__name__)
 
 # A partial file this old belongs to a killed run, not to one still writing it.
 STALE_PARTIAL_SECONDS = 3600
+
+# The globals an entry's pickle names: torch's tensor rebuilding and bytes (as protocol 2 pickles
+# them), MetaTensors, and in their metadata numpy arrays (NIfTI header fields, affines) and MONAI's
+# key enums. Calling none of them runs other code. An entry is unpickled with these and nothing
+# else (torch resolves storages itself), so a pickle planted in a cache folder is refused, not
+# run. torch's own weights_only unpickler refuses as much but runs in Python: it loaded a
+# segmentation entry's metadata (about 5000 opcodes) 15 times slower.
+_ENTRY_GLOBALS = {
+    (value.__module__, value.__qualname__): value
+    for value in [
+        torch._utils._rebuild_tensor_v2,
+        torch._tensor._rebuild_from_type_v2,
+        OrderedDict,
+        codecs.encode,
+        MetaTensor,
+        MetaKeys,
+        SpaceKeys,
+        TraceKeys,
+        np.ndarray,
+        np.dtype,
+        np.ndarray.__reduce__(np.zeros(0))[0],  # _reconstruct, in numpy.core or numpy._core
+    ]
+}
+
+
+class _EntryUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _ENTRY_GLOBALS[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+
+
+# The pickle module torch.load unpickles an entry with: its Unpickler for torch's zip format,
+# load for the legacy format's headers.
+_ENTRY_PICKLE = SimpleNamespace(
+    __name__="entry_pickle",
+    Unpickler=_EntryUnpickler,
+    load=lambda file, **kwargs: _EntryUnpickler(file, **kwargs).load(),
+)
 
 
 class MemoryCache(CacheDataset):
@@ -65,8 +111,11 @@ class DiskCacheDataset(PersistentDataset):
       drops the affines): a case just computed and one loaded from the cache collate together,
       and metrics in mm (HD95) match those of the memory cache.
 
-    The cache folder holds pickles that are loaded with ``weights_only=False`` (MetaTensors
-    carry their metadata): use only a cache folder this project wrote.
+    - Entries are unpickled with the globals an entry needs (`_ENTRY_GLOBALS`) and no others: a
+      file planted in the cache folder runs no code, and is preprocessed and written again.
+    - Each entry records what it holds (its key, case id and the size and modification time of
+      its files): an entry under another's name (copied, renamed) is preprocessed again instead
+      of served as the wrong case.
     """
 
     def __init__(self, data: Sequence[dict], transform: Callable, cache_dir: str | Path) -> None:
@@ -78,30 +127,41 @@ class DiskCacheDataset(PersistentDataset):
             # The key also hashes the pickled transforms up to the first random one: without it,
             # the predict pipeline (no label) served the validation pipeline's cached items.
             hash_transform=pickle_hashing,
-            weights_only=False,
         )
         _remove_stale_partials(self.cache_dir)
 
     def _cachecheck(self, item_transformed: dict) -> dict:
         key = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
         cache_file = self.cache_dir / f"{key}.pt"
-        if cache_file.is_file():
-            try:
-                return torch.load(cache_file, weights_only=False)
-            except Exception as error:  # truncated, or pickled by other library versions
-                log.warning(
-                    "%s: unreadable cache file (%s); preprocessing again", cache_file, error
-                )
+        identity = {
+            "key": key,
+            "case_id": item_transformed.get("case_id"),
+            "files": _file_states(item_transformed),
+        }
+        entry = _load(cache_file) if cache_file.is_file() else None
+        if isinstance(entry, dict) and entry.get("identity") == identity:
+            return entry["item"]
+        if entry is not None:
+            log.warning(
+                "%s: not the entry of case %s with these files and this preprocessing; "
+                "preprocessing again",
+                cache_file,
+                identity["case_id"],
+            )
         item = self._pre_transform(deepcopy(item_transformed))  # the hashed item stays intact
-        _write_atomically(item, cache_file)
+        _write_atomically({"identity": identity, "item": item}, cache_file)
         return item
 
 
 def file_state_hashing(item: Mapping) -> bytes:
     """MONAI's pickle hash of `item` and of the size and modification time of every file it
     names, so that the key changes when a file does."""
-    states = [(path, stat.st_size, stat.st_mtime_ns) for path, stat in _file_stats(item)]
-    return pickle_hashing({"item": item, "files": states})
+    return pickle_hashing({"item": item, "files": _file_states(item)})
+
+
+def _file_states(value: object) -> list[tuple[str, int, int]]:
+    """The path, size and modification time (ns) of every existing file `value` names."""
+    return [(path, stat.st_size, stat.st_mtime_ns) for path, stat in _file_stats(value)]
 
 
 def _file_stats(value: object) -> Iterator[tuple[str, os.stat_result]]:
@@ -113,6 +173,17 @@ def _file_stats(value: object) -> Iterator[tuple[str, os.stat_result]]:
             yield from _file_stats(entry)
     elif isinstance(value, (str, Path)) and os.path.isfile(value):
         yield str(value), os.stat(value)
+
+
+def _load(cache_file: Path) -> object | None:
+    """The entry in `cache_file`, or None (with a warning) where it cannot be loaded or holds
+    objects an entry never holds."""
+    try:
+        # Not torch's weights_only unpickler but a restricted one: see _ENTRY_GLOBALS.
+        return torch.load(cache_file, weights_only=False, pickle_module=_ENTRY_PICKLE)
+    except Exception as error:  # truncated, refused, or written by other library versions
+        log.warning("%s: unreadable cache file (%s); preprocessing again", cache_file, error)
+    return None
 
 
 def _write_atomically(item: object, cache_file: Path) -> None:
