@@ -4,9 +4,23 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of this torch lies on the build machines' disk; a newer or unpinned torch pulls a
-# multi-GB CUDA build. Override for GPU machines, e.g. `make install TORCH=torch==2.13.0+cu128`.
-TORCH ?= torch==2.13.0
+# `make install` installs requirements/$(VARIANT).lock, every version pinned and hashed (`make lock`):
+# cpu for the CPU build of torch, cuda for PyPI's torch with the CUDA libraries it needs on Linux.
+VARIANT ?= cpu
+# torch is installed by its pin, not from the lock. The CPU build of this torch lies on the build
+# machines' disk; elsewhere `pip install torch==2.13.0` gets PyPI's multi-GB CUDA build.
+TORCH_VERSION := 2.13.0
+ifeq ($(VARIANT),cuda)
+# `===` leaves out local builds such as 2.13.0+cpu that a --find-links folder may offer.
+TORCH ?= torch===$(TORCH_VERSION)
+else
+TORCH ?= torch==$(TORCH_VERSION)
+endif
+# The tools that install and lock; pinned too, so a fresh machine gets what the lock was made with.
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
+PYTEST_ARGS ?=
+UPGRADE ?=
 EXP ?=
 DATA ?=
 ARGS ?=
@@ -16,11 +30,21 @@ STUDY ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/$(VARIANT).lock
+LATEST := .venv-latest
+UV_VENV := .venv-uv
+UV_STAMP := $(UV_VENV)/.uv-$(UV_VERSION)
+MAIN_PACKAGES := torch|lightning|monai|torchmetrics|jsonargparse|numpy|nibabel|wandb
+# One universal resolution (markers for Python >= 3.10 and every OS) of pyproject.toml with the dev
+# extra and torch==$(TORCH_VERSION); torch itself is left out of the lock (installed by $(TORCH)).
+UV_COMPILE = $(UV_VENV)/bin/uv pip compile --quiet --no-python-downloads pyproject.toml - --extra dev \
+	--universal --python-version 3.10 --generate-hashes --no-emit-package torch \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
 STUDIES := $(sort $(basename $(notdir $(wildcard experiments/studies/*.yaml))))
 
-.PHONY: help install test test-slow lint train check-data resume study models bench bench-seg clean
+.PHONY: help install lock test test-latest test-slow lint train check-data resume study models bench bench-seg clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -32,18 +56,53 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv and install the package with its dev tools (idempotent)
 
-$(STAMP): pyproject.toml
+ifeq ($(filter cpu cuda,$(VARIANT)),)
+$(error VARIANT=$(VARIANT): choose cpu or cuda)
+endif
+
+# torch with --no-deps, then exactly the locked versions (hashes checked, nothing resolved), then the
+# package itself built with the locked setuptools; `pip check` fails loudly on an inconsistent set.
+$(STAMP): pyproject.toml $(LOCK) $(VENV)/.install-args
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH)"
+	$(BIN)/python -m pip install --quiet "pip==$(PIP_VERSION)"
+	$(BIN)/python -m pip install --quiet --no-deps "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
-test: install ## run the test suite (CPU, minutes)
-	$(BIN)/python -m pytest
+# What .venv was installed with, rewritten only when it changes: another VARIANT or TORCH reinstalls.
+$(VENV)/.install-args: FORCE
+	@mkdir -p $(VENV); echo '$(VARIANT) $(TORCH)' | cmp -s - $@ || echo '$(VARIANT) $(TORCH)' > $@
+
+.PHONY: FORCE
+FORCE:
+
+lock: $(UV_STAMP) ## refresh requirements/*.lock from pyproject.toml with uv (keeps pins that still fit; UPGRADE=1: newest)
+	echo "torch==$(TORCH_VERSION)" | $(UV_COMPILE) --config-file requirements/uv-cpu.toml -o requirements/cpu.lock
+	@if grep -qE '^(nvidia-|cuda-|triton)' requirements/cpu.lock; then \
+		echo "make lock: CUDA libraries in requirements/cpu.lock; update torch's CPU metadata in requirements/uv-cpu.toml" >&2; exit 1; fi
+	echo "torch==$(TORCH_VERSION)" | $(UV_COMPILE) --no-config -c requirements/cpu.lock -o requirements/cuda.lock
+
+$(UV_STAMP):
+	test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+	touch $@
+
+test: install ## run the test suite (CPU, minutes) [PYTEST_ARGS=...]
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-latest: ## the tests against the newest versions pyproject.toml allows, in .venv-latest [PYTEST_ARGS=...]
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH)"
+	$(LATEST)/bin/python -m pip check
+	@echo "make test-latest: newest allowed versions (requirements/$(VARIANT).lock has the tested ones):"
+	@$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^($(MAIN_PACKAGES))==' | sed 's/^/  /'
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install ## the tests marked slow (multi-process DDP, end-to-end benchmark)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check resnext3d tests benchmarks
@@ -83,5 +142,5 @@ bench-seg: install ## segmentation at equal time: ours vs MONAI SegResNet and nn
 models: install ## list the encoder presets with parameters and GFLOPs
 	$(BIN)/resnext3d models
 
-clean: ## remove the virtual environment and caches (keeps data/ and runs/)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+clean: ## remove the virtual environments and caches (keeps data/ and runs/)
+	rm -rf $(VENV) $(LATEST) $(UV_VENV) .pytest_cache .ruff_cache *.egg-info
