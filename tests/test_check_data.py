@@ -186,6 +186,87 @@ def one_class(root, case_id):
     return path
 
 
+def broken_link(root, case_id):
+    """A case folder that is a link to a folder moved away."""
+    folder = root / case_id
+    shutil.rmtree(folder)
+    folder.symlink_to(root.parent / "moved" / case_id, target_is_directory=True)
+    return folder
+
+
+def link_cycle(root, case_id):
+    link = root / case_id / "all_cases"
+    link.symlink_to(root, target_is_directory=True)
+    return link
+
+
+def two_files_for_a_modality(root, case_id):
+    path = case_file(root, case_id, "t1")
+    image = nib.load(path)
+    nib.save(image, path.with_name(path.name.removesuffix(".gz")))  # an uncompressed copy
+    return root / case_id
+
+
+def other_release(root, case_id):
+    """The case renamed and relabelled as a BraTS 2023 one (and its grade kept)."""
+    new_id = case_id.replace("BraTS2021_", "BraTS-GLI-") + "-000"
+    folder = (root / case_id).rename(root / new_id)
+    suffixes_2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
+    for old, new in suffixes_2023.items():
+        (folder / f"{case_id}_{old}.nii.gz").rename(folder / f"{new_id}-{new}.nii.gz")
+    rows = name_mapping_rows(root)
+    write_name_mapping(root, [[grade, new_id if i == case_id else i] for grade, i in rows])
+    return folder
+
+
+def nan_affine(root, case_id):
+    """NaN in the header's sform, written as is (nibabel refuses to derive a qform from it)."""
+    path = case_file(root, case_id, "flair")
+    image = nib.load(path)
+    header = image.header.copy()
+    header["srow_x"][0] = np.nan
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), None, header=header), path)
+    return path
+
+
+def scaled_voxels(modality, spacing_mm):
+    """The file's voxel size set to `spacing_mm`, as a header in cm or in 0.1 mm would have it."""
+
+    def corrupt(root, case_id):
+        path = case_file(root, case_id, modality)
+        affine = nib.load(path).affine.copy()
+        affine[:3, :3] *= spacing_mm / nib.affines.voxel_sizes(affine)
+        return rewrite(path, lambda d: d, affine=affine)
+
+    return corrupt
+
+
+def zero_pixdim(root, case_id):
+    """No affine in the header, and a voxel size of 0 mm along x, which nibabel reads as 1 mm."""
+    path = case_file(root, case_id, "t1")
+    image = nib.Nifti1Image(np.asanyarray(nib.load(path).dataobj), None)
+    image.header["pixdim"][1:4] = [0.0, 2.4, 2.5]
+    nib.save(image, path)
+    return path
+
+
+def few_slices(root, case_id):
+    return rewrite(case_file(root, case_id, "t2"), lambda d: d[:, :, 10:12].copy())
+
+
+def complex_voxels(root, case_id):
+    return rewrite(case_file(root, case_id, "flair"), lambda d: d, dtype=np.complex64)
+
+
+def rgb_voxels(root, case_id):
+    def as_rgb(data):
+        rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        rgb["R"] = rgb["G"] = rgb["B"] = np.clip(data, 0, 255)
+        return rgb
+
+    return rewrite(case_file(root, case_id, "t1ce"), as_rgb)
+
+
 @dataclass(frozen=True)
 class Kind:
     corrupt: object
@@ -193,6 +274,8 @@ class Kind:
     task: str = "classification"  # the data module that must refuse it
     level: str = "error"
     quick: bool = True  # found by the quick check that runs by default before training
+    # Found when the cases are discovered, so that fit stops there, before the files are checked.
+    layout: bool = False
 
 
 KINDS = {
@@ -223,6 +306,23 @@ KINDS = {
     "class name in lower case": Kind(lower_case_class, "label 'lgg' is not a class .* did you "
                                     "mean LGG"),
     "one class": Kind(one_class, "a classifier needs two classes or more"),
+    "broken link": Kind(broken_link, r"symbolic link to .*moved.* is broken \(No such file",
+                        layout=True),
+    "link cycle": Kind(link_cycle, "symbolic link cycle: it leads to .*, a folder that contains "
+                       "it", layout=True),
+    "two files for a modality": Kind(two_files_for_a_modality, r"2 files for t1: \S+_t1\.nii, "
+                                     r"\S+_t1\.nii\.gz; a case needs exactly one", layout=True),
+    "other release": Kind(other_release, r"cases of several releases \(brats2021 \d+, brats2023 "
+                          r"1\): the brats2023 cases \(BraTS-GLI-\d+-000\)", layout=True),
+    "NaN in the affine": Kind(nan_affine, r"NaN or infinite values in the affine"),
+    "voxels ten times too large": Kind(scaled_voxels("t1ce", 24.0), r"voxel size 24x24x24 mm is "
+                                       "implausible for MRI"),
+    "voxels ten times too small": Kind(scaled_voxels("t2", 0.1), r"voxel size 0.1x0.1x0.1 mm is "
+                                       "implausible for MRI"),
+    "zero pixdim": Kind(zero_pixdim, r"voxel size \(pixdim\) 0x2.4x2.5 in the header is zero"),
+    "two slices": Kind(few_slices, r"shape \(32, 32, 2\) is not a volume: fewer than 8 voxels"),
+    "complex voxels": Kind(complex_voxels, r"voxels of type complex64 where real numbers"),
+    "RGB voxels": Kind(rgb_voxels, r"voxels of type RGB \(.*\) where real numbers"),
 }  # fmt: skip
 
 
@@ -231,15 +331,26 @@ def small_phantom(tmp_path_factory):
     return generate_phantom(tmp_path_factory.mktemp("clean"), cases=4, shape=SHAPE)
 
 
-@pytest.fixture(scope="module")
-def broken_phantom(tmp_path_factory):
-    """A phantom with one case per kind of problem, the first left intact."""
-    root = generate_phantom(tmp_path_factory.mktemp("broken"), cases=len(KINDS) + 1, shape=SHAPE)
+def phantom_with_one_case_per_kind(root: Path, kinds: dict[str, Kind]):
+    """A phantom with one case per kind of problem, the first left intact; the files blamed."""
+    root = generate_phantom(root, cases=len(kinds) + 1, shape=SHAPE)
     blamed = {
         name: kind.corrupt(root, f"BraTS2021_{index:05d}")
-        for index, (name, kind) in enumerate(KINDS.items(), start=1)
+        for index, (name, kind) in enumerate(kinds.items(), start=1)
     }
     return root, blamed
+
+
+@pytest.fixture(scope="module")
+def broken_phantom(tmp_path_factory):
+    return phantom_with_one_case_per_kind(tmp_path_factory.mktemp("broken") / "data", KINDS)
+
+
+@pytest.fixture(scope="module")
+def broken_files_phantom(tmp_path_factory):
+    """Only the kinds of problems found past discovery, where fit would stop first."""
+    kinds = {name: kind for name, kind in KINDS.items() if not kind.layout}
+    return phantom_with_one_case_per_kind(tmp_path_factory.mktemp("broken_files"), kinds)
 
 
 def check_data(capsys, *args) -> tuple[int, str]:
@@ -323,8 +434,8 @@ def test_training_refuses_each_kind_naming_the_file(name, small_phantom, tmp_pat
         assert _search(kind.problem, str(error.value)), check
 
 
-def test_fit_exits_1_naming_the_files(broken_phantom, tmp_path):
-    root, blamed = broken_phantom
+def test_fit_exits_1_naming_the_files(broken_files_phantom, tmp_path):
+    root, blamed = broken_files_phantom
     # Labels without problems, so that the files are what stops the run.
     labels = tmp_path / "grades.csv"
     cases = sorted(p.name for p in root.glob("BraTS2021_*"))

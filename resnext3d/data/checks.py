@@ -20,8 +20,8 @@ import nibabel as nib
 
 from resnext3d.data.errors import DataError, Problem
 from resnext3d.data.labels import check_labels
-from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
-from resnext3d.data.validation import SEG_ROLE, FileCheck, check_files
+from resnext3d.data.layouts import MODALITIES, BratsCase, find_cases
+from resnext3d.data.validation import SEG_ROLE, FileCheck, axis_codes, check_files
 
 COLUMNS = ("level", "case", "file", "problem")
 
@@ -31,17 +31,18 @@ def check_data_main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.perf_counter()
     try:
-        cases = discover_cases(args.data_dir)
+        discovery = find_cases(args.data_dir)
     except DataError as error:
         print(f"resnext3d check-data: {error}", file=sys.stderr)
         return 1
+    cases = discovery.cases
     label_maps = {"segmentation": "required", "classification": "unused"}.get(
         args.task, "if present"
     )
     workers = args.workers or min(32, (os.cpu_count() or 1) + 4)
     files = check_files(cases, label_maps, full=True, workers=workers, show_progress=True)
     class_lines, label_problems = _check_labels(args, cases)
-    problems = files.problems + label_problems
+    problems = discovery.problems + files.problems + label_problems
     seconds = time.perf_counter() - started
 
     print(problem_table(problems, args.data_dir) if problems else "no problems found")
@@ -151,7 +152,7 @@ def summary_lines(files: FileCheck) -> list[str]:
         + _counted(
             "x".join(f"{v:.3g}" for v in nib.affines.voxel_sizes(s.affine)) for s in readable
         ),
-        f"orientations: {_counted(''.join(nib.aff2axcodes(s.affine)) for s in readable)}",
+        f"orientations: {_counted(axis_codes(s.affine) for s in readable)}",
     ]
     ranges: dict[str, list[tuple[float, float]]] = {name: [] for name in MODALITIES}
     for scan in images:

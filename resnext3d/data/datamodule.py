@@ -22,6 +22,7 @@ from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import Difficulty, ensure_phantom
 from resnext3d.data.sampling import SeededItems, SeededSampler
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
+from resnext3d.data.transforms import data_errors_unwrapped
 from resnext3d.data.validation import LabelMaps, validate_cases
 from resnext3d.seeds import run_seed
 
@@ -33,6 +34,26 @@ PHANTOM_DIR = Path("data/phantom_brats")
 DEFAULT_CACHE_DIR = Path("data/cache")
 # The phantom does not change with the split seed, so that every run reuses the one on disk.
 PHANTOM_SEED = 0
+
+
+class _DataErrorsNamed:
+    """Mixed into the datasets that load a case when it is drawn: a DataError of the loading
+    transform (a file damaged inside its stream, NaN voxels), which MONAI wraps in
+    "RuntimeError: applying transform ...", leaves the item unwrapped, so that the run stops
+    with the message naming the file; from a DataLoader worker too, whose exception PyTorch
+    re-raises in the main process by its type."""
+
+    def __getitem__(self, index):
+        with data_errors_unwrapped():
+            return super().__getitem__(index)
+
+
+class _UncachedDataset(_DataErrorsNamed, Dataset):
+    pass
+
+
+class _DiskCache(_DataErrorsNamed, DiskCacheDataset):
+    pass
 
 
 class BratsDataModule(L.LightningDataModule):
@@ -236,8 +257,8 @@ class BratsDataModule(L.LightningDataModule):
             # Every case is read now, so a damaged file fails here, named.
             return MemoryCache(items, transform, num_workers=max(1, self.num_workers))
         if self.cache == "disk":
-            return DiskCacheDataset(items, transform, self._disk_cache_dir())
-        return Dataset(items, transform)
+            return _DiskCache(items, transform, self._disk_cache_dir())
+        return _UncachedDataset(items, transform)
 
     def _disk_cache_dir(self) -> Path:
         # The cache key hashes the item's files and the preprocessing; one folder per data module

@@ -13,6 +13,22 @@ MAX_REPORTED_PROBLEMS = 20
 class DataError(ValueError):
     """The data on disk cannot be used; the message names each offending file or folder."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(_without_worker_traceback(message, type(self)))
+
+
+def _without_worker_traceback(message: str, error_type: type) -> str:
+    """The message of a DataError raised in a DataLoader worker process, where PyTorch re-raises
+    it in the main process as ``DataError("Caught DataError in DataLoader worker process N.
+    Original Traceback ...")``: the worker's whole traceback, whose last lines are the message,
+    would otherwise bury the file it names."""
+    if not message.startswith(f"Caught {error_type.__name__} in DataLoader worker process"):
+        return message
+    _, found, original = message.rpartition(
+        f"\n{error_type.__module__}.{error_type.__qualname__}: "
+    )
+    return original.rstrip("\n") if found else message
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -12,6 +12,7 @@ Supported layouts, detected from the files:
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Literal
 
 from monai.data import load_decathlon_datalist
 
-from resnext3d.data.errors import DataError, raise_for_problems
+from resnext3d.data.errors import DataError, Problem, raise_for_problems
 
 # The channel order of every image this package loads, whichever release the files come from.
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -42,6 +43,8 @@ _FILE_PATTERNS: dict[Release, re.Pattern[str]] = {
     for release, suffixes in _MODALITY_SUFFIXES.items()
 }
 GRADE_FOLDERS = ("HGG", "LGG")
+# A release's few cases among another's are named by their first ids, enough to find them.
+_EXAMPLE_CASES = 3
 
 
 @dataclass(frozen=True)
@@ -67,43 +70,151 @@ class BratsCase:
     grade: str | None = None
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """The cases found in a folder and every problem of its layout."""
+
+    cases: list[BratsCase]
+    problems: list[Problem]
+
+
 def discover_cases(root: str | Path) -> list[BratsCase]:
-    """Return the cases under `root`, sorted by id; raise DataError if there are none."""
+    """Return the cases under `root`, sorted by id; raise one DataError naming every problem of
+    the layout (see `find_cases`), or if there are no cases."""
+    discovery = find_cases(root)
+    raise_for_problems(discovery.problems, f"{root}: the data set's layout cannot be used")
+    return discovery.cases
+
+
+def find_cases(root: str | Path) -> Discovery:
+    """The cases under `root`, sorted by id, and every problem of the layout that would otherwise
+    drop or mix up cases unnoticed: folders that cannot be listed, symbolic links that cannot be
+    followed or that lead to a folder containing them, two files for one modality of a case, a
+    case in several folders and cases of different releases.
+
+    Symbolic links to folders and files are followed, so that a data set may be assembled from
+    links. Raise DataError if there is no such folder or no case in it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    cases = _decathlon_cases(root) if (root / "dataset.json").is_file() else _brats_cases(root)
+    if (root / "dataset.json").is_file():
+        cases, problems = _decathlon_cases(root), []
+    else:
+        cases, problems = _brats_cases(root)
     if not cases:
-        raise DataError(
+        summary = (
             f"{root}: no BraTS cases found; expected <ID>/<ID>_flair.nii.gz (BraTS 2018-2021), "
             "<ID>/<ID>-t2f.nii.gz (BraTS 2023) or a Decathlon dataset.json"
         )
-    return sorted(cases, key=lambda case: case.case_id)
+        raise_for_problems(problems, summary)
+        raise DataError(summary)
+    problems += _mixed_release_problems(cases)
+    return Discovery(sorted(cases, key=lambda case: case.case_id), problems)
 
 
-def _brats_cases(root: Path) -> list[BratsCase]:
-    files_by_case: dict[tuple[Path, str, Release], dict[str, Path]] = defaultdict(dict)
-    for path in sorted(root.rglob("*.nii*")):
-        if path.name.startswith("."):  # macOS "._*" resource forks that archives often contain
-            continue
+def _brats_cases(root: Path) -> tuple[list[BratsCase], list[Problem]]:
+    paths, problems = _walk(root)
+    files_by_case: dict[tuple[Path, str, Release], dict[str, list[Path]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for path in paths:
         for release, pattern in _FILE_PATTERNS.items():
             if match := pattern.fullmatch(path.name):
-                files_by_case[(path.parent, match["case"], release)][match["suffix"]] = path
+                files_by_case[(path.parent, match["case"], release)][match["suffix"]].append(path)
                 break
 
     cases, folders_by_id = [], defaultdict(list)
     for (folder, case_id, release), files in files_by_case.items():
         folders_by_id[case_id].append(folder)
-        cases.append(_brats_case(root, folder, case_id, release, files))
-    raise_for_problems(
-        [
-            f"case {case_id} is in several folders: {', '.join(map(str, folders))}"
-            for case_id, folders in folders_by_id.items()
-            if len(folders) > 1
-        ],
-        f"{root}: ambiguous BraTS cases",
-    )
-    return cases
+        problems += [
+            Problem(
+                str(folder),
+                f"{len(duplicates)} files for {_role(release, suffix)}: "
+                f"{', '.join(path.name for path in duplicates)}; a case needs exactly one",
+                case_id,
+            )
+            for suffix, duplicates in files.items()
+            if len(duplicates) > 1
+        ]
+        # Of duplicates, the first by name, so that the checks read a definite file.
+        chosen = {suffix: duplicates[0] for suffix, duplicates in files.items()}
+        cases.append(_brats_case(root, folder, case_id, release, chosen))
+    problems += [
+        Problem(
+            str(folders[0]),
+            f"case {case_id} is in several folders: {', '.join(map(str, folders))}",
+            case_id,
+        )
+        for case_id, folders in folders_by_id.items()
+        if len(folders) > 1
+    ]
+    return cases, problems
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Problem]]:
+    """Every file under `root`, sorted, following symbolic links, and a problem for each folder
+    that cannot be listed (its cases would be missing), each link that cannot be followed (a
+    case folder or file moved or deleted) and each link to a folder that contains it (walking it
+    would never end)."""
+    paths, problems = [], []
+
+    def unlistable(error: OSError) -> None:
+        problems.append(Problem(str(error.filename), f"cannot list the folder ({error.strerror})"))
+
+    # The real paths of each folder's ancestors (itself included), to recognise a link cycle.
+    real_ancestors = {str(root): {os.path.realpath(root)}}
+    for folder, subfolders, names in os.walk(root, onerror=unlistable, followlinks=True):
+        ancestors = real_ancestors.pop(folder)
+        for name in list(subfolders):
+            path = os.path.join(folder, name)
+            real_path = os.path.realpath(path)
+            if real_path in ancestors:
+                subfolders.remove(name)
+                message = f"symbolic link cycle: it leads to {real_path}, a folder that contains it"
+                problems.append(Problem(path, message))
+            else:
+                real_ancestors[path] = ancestors | {real_path}
+        for name in names:
+            if name.startswith("."):  # macOS "._*" resource forks that archives often contain
+                continue
+            path = Path(folder, name)
+            try:
+                path.stat()  # follows a link: only a broken link or a loop of links fails here
+            except OSError as error:
+                message = f"symbolic link to {os.readlink(path)} is broken ({error.strerror})"
+                problems.append(Problem(str(path), message))
+                continue
+            paths.append(path)
+    return sorted(paths), problems
+
+
+def _role(release: Release, suffix: str) -> str:
+    """The modality name (``MODALITIES``) of a file-name suffix, or "the label map"."""
+    if suffix == _SEGMENTATION_SUFFIX:
+        return "the label map"
+    return MODALITIES[_MODALITY_SUFFIXES[release].index(suffix)]
+
+
+def _mixed_release_problems(cases: list[BratsCase]) -> list[Problem]:
+    """A problem for each release with fewer cases than the most common one: releases name their
+    files and label the tumour differently, and a data set is read with one release's labels."""
+    by_release: dict[Release, list[BratsCase]] = defaultdict(list)
+    for case in sorted(cases, key=lambda case: case.case_id):
+        by_release[case.release].append(case)
+    ranked = sorted(by_release.items(), key=lambda entry: (-len(entry[1]), entry[0]))
+    counts = ", ".join(f"{release} {len(members)}" for release, members in ranked)
+    problems = []
+    for release, minority in ranked[1:]:
+        examples = ", ".join(case.case_id for case in minority[:_EXAMPLE_CASES])
+        examples += ", ..." if len(minority) > _EXAMPLE_CASES else ""
+        message = (
+            f"cases of several releases ({counts}): the {release} cases ({examples}) name their "
+            f"files and label values unlike the {ranked[0][0]} cases; keep one release per data "
+            "folder"
+        )
+        problems.append(Problem(str(minority[0].images[0].parent), message))
+    return problems
 
 
 def _brats_case(

@@ -30,6 +30,16 @@ from resnext3d.data.regions import check_label_values
 
 # World coordinates of co-registered files agree far better than this (mm).
 _AFFINE_TOLERANCE_MM = 1e-3
+# Plausible MRI voxel spacing per axis (mm). Clinical and research brain MRI ranges from about
+# 0.3 mm (7 T, high-resolution in-plane) to 5-7 mm (thick 2-D slices), and BraTS is resampled to
+# 1 mm; outside these bounds lies a header error: a factor of 10 or 0.1 (cm or 0.1 mm units) on a
+# 1-2 mm scan, or a zero column in the affine. Read as is, a 10 mm voxel is resampled to 2 mm at
+# 125 times the voxels, a 0.1 mm one to almost nothing.
+_SPACING_RANGE_MM = (0.2, 8.0)
+# Fewer voxels than this along an axis is one slice or a thin slab saved as 3-D (a localiser, a
+# 2-D export), not a volume of a head: a brain spans at least 120 mm, 15 voxels even at the
+# coarsest spacing accepted. Resampling would smear it into a plausible-looking volume.
+_MIN_VOXELS_PER_AXIS = 8
 SEG_ROLE = "seg"
 # Which label maps a check reads: segmentation needs every case's, classification reads none, and
 # a check without a task reads those that exist.
@@ -121,7 +131,35 @@ def check_files(
         case_scans = scans_by_case.get(case.case_id, [])
         problems += [problem for file_scan in case_scans for problem in file_scan.problems]
         problems += _case_problems(case, case_scans, full)
+    if label_maps != "unused":
+        problems += _no_tumour_problems(scans, "error" if label_maps == "required" else "warning")
     return FileCheck(problems, scans)
+
+
+def _no_tumour_problems(
+    scans: list[FileScan], severity: Literal["error", "warning"]
+) -> list[Problem]:
+    """A problem if no readable label map has a tumour voxel: a segmenter would learn to predict
+    background everywhere (one empty case is fine). Where the check has not read the label maps'
+    values, they are read one by one up to the first with a tumour, usually the first."""
+    label_maps = [scan for scan in scans if scan.role == SEG_ROLE and not scan.problems]
+    if not label_maps or any(_has_tumour(scan) for scan in label_maps):
+        return []
+    folder = os.path.commonpath([scan.path.parent for scan in label_maps])
+    message = (
+        f"no case has a tumour label: all {len(label_maps)} label maps are background (0) "
+        "everywhere"
+    )
+    return [Problem(folder, message, severity=severity)]
+
+
+def _has_tumour(scan: FileScan) -> bool:
+    if scan.label_values is not None:
+        return any(value != 0 for value in scan.label_values)
+    try:
+        return bool(np.asanyarray(nib.load(scan.path).dataobj).any())
+    except Exception:  # damaged inside its stream: the full check names it; not a tumour here
+        return False
 
 
 def _missing_label_maps(cases: Sequence[BratsCase], label_maps: LabelMaps) -> list[Problem]:
@@ -167,16 +205,33 @@ def _scan_file(scan: FileScan, case: BratsCase, full: bool) -> FileScan:
     except Exception as error:
         scan.problem(f"unreadable NIfTI header ({error})")
         return scan
-    scan.shape, scan.affine = tuple(image.shape), image.affine
-    expected_ndim = _expected_ndim(case, scan.role)
-    if len(scan.shape) != expected_ndim:
+    dtype = image.get_data_dtype()
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        name = image.header.get_value_label("datatype")
+        described = name if name == str(dtype) else f"{name} ({dtype})"
         scan.problem(
-            f"{len(scan.shape)}-D image of shape {scan.shape} where a {expected_ndim}-D one is "
-            "expected"
+            f"voxels of type {described} where real numbers (integers or floats) are expected"
+        )
+    expected_ndim = _expected_ndim(case, scan.role)
+    shape = _volume_shape(tuple(image.shape), expected_ndim)
+    if len(shape) != expected_ndim:
+        scan.problem(
+            f"{len(shape)}-D image of shape {shape} where a {expected_ndim}-D one is expected"
             + (f" (4 channels last: {', '.join(MODALITIES)})" if expected_ndim == 4 else "")
         )
-    elif expected_ndim == 4 and scan.shape[3] != len(MODALITIES):
-        scan.problem(f"shape {scan.shape}, expected 4 channels last ({', '.join(MODALITIES)})")
+    elif expected_ndim == 4 and shape[3] != len(MODALITIES):
+        scan.problem(f"shape {shape}, expected 4 channels last ({', '.join(MODALITIES)})")
+    elif min(shape[:3]) < _MIN_VOXELS_PER_AXIS:
+        scan.problem(
+            f"shape {shape} is not a volume: fewer than {_MIN_VOXELS_PER_AXIS} voxels along an axis"
+        )
+    # A geometry that cannot be trusted leaves the file out of the case's comparisons.
+    if not np.isfinite(image.affine).all():
+        scan.problem("NaN or infinite values in the affine (voxel-to-world matrix)")
+        return scan
+    scan.shape, scan.affine = shape, image.affine
+    if message := _spacing_problem(path, image):
+        scan.problem(message)
 
     if full:
         if not scan.problems:
@@ -185,6 +240,38 @@ def _scan_file(scan: FileScan, case: BratsCase, full: bool) -> FileScan:
     elif _size_suggests_truncation(path, image, size) and (error := _read_error(image)):
         scan.problem(error)
     return scan
+
+
+def _volume_shape(shape: tuple[int, ...], expected_ndim: int) -> tuple[int, ...]:
+    """`shape` without the trailing singleton axis of a 3-D volume stored as (X, Y, Z, 1), as
+    some converters write it; MONAI's loader makes that axis the channel."""
+    if expected_ndim == 3 and len(shape) == 4 and shape[3] == 1:
+        return shape[:3]
+    return shape
+
+
+def _spacing_problem(path: Path, image: nib.spatialimages.SpatialImage) -> str | None:
+    """What is implausible about the voxel size the loader will use (the affine's), or about
+    the header's voxel size (pixdim) where the affine is built from it."""
+    header = image.header
+    if isinstance(header, nib.Nifti1Header) and header["sform_code"] == 0:
+        # nibabel, so MONAI, reads a zero pixdim as 1 mm and a negative one as its absolute value,
+        # fixing the header it returns: the header as written says what the file holds.
+        with nib.openers.ImageOpener(path) as file:
+            pixdim = type(header).from_fileobj(file, check=False)["pixdim"][1:4]
+        if (pixdim <= 0).any():
+            return (
+                f"voxel size (pixdim) {'x'.join(f'{v:g}' for v in pixdim)} in the header is zero "
+                "or negative: the file's voxel size is unknown"
+            )
+    spacing = nib.affines.voxel_sizes(image.affine)
+    low, high = _SPACING_RANGE_MM
+    if ((spacing < low) | (spacing > high)).any():
+        return (
+            f"voxel size {_mm(spacing)} is implausible for MRI (each axis {low:g} to {high:g} mm "
+            "expected): is the header's unit or scale wrong?"
+        )
+    return None
 
 
 def _size_suggests_truncation(path: Path, image: nib.spatialimages.SpatialImage, size: int) -> bool:
@@ -220,7 +307,7 @@ def _unreadable_data(error: Exception) -> str:
 
 def _scan_voxels(scan: FileScan, image: nib.spatialimages.SpatialImage) -> None:
     try:
-        data = np.asanyarray(image.dataobj)
+        data = np.asanyarray(image.dataobj).reshape(scan.shape)
     except Exception as error:  # EOFError, zlib.error, OSError, ValueError, ...
         scan.problem(_unreadable_data(error))
         return
@@ -323,11 +410,10 @@ def _majority_affine(affines: list[np.ndarray]) -> np.ndarray:
 
 
 def _affine_difference(affine: np.ndarray, reference: np.ndarray, others: str) -> str:
-    orientation, expected_orientation = nib.aff2axcodes(affine), nib.aff2axcodes(reference)
+    orientation, expected_orientation = axis_codes(affine), axis_codes(reference)
     if orientation != expected_orientation:
         return (
-            f"orientation {''.join(orientation)} differs from {''.join(expected_orientation)} "
-            f"of the case's {others}"
+            f"orientation {orientation} differs from {expected_orientation} of the case's {others}"
         )
     spacing, expected_spacing = nib.affines.voxel_sizes(affine), nib.affines.voxel_sizes(reference)
     if not np.allclose(spacing, expected_spacing, atol=_AFFINE_TOLERANCE_MM):
@@ -339,6 +425,11 @@ def _affine_difference(affine: np.ndarray, reference: np.ndarray, others: str) -
         f"affine differs by up to {shift:.3g} mm from that of the case's {others}; a case's files "
         "must be co-registered"
     )
+
+
+def axis_codes(affine: np.ndarray) -> str:
+    """The directions the voxel axes point to, e.g. "LPS"; "?" for an axis of zero length."""
+    return "".join(code or "?" for code in nib.aff2axcodes(affine))
 
 
 def _mm(values: Sequence[float]) -> str:
