@@ -14,21 +14,28 @@ Every variant × seed (× fold) is an ordinary ``resnext3d fit`` run, launched a
 every logger's hyperparameters and as wandb tags. A run whose fit completed is skipped; one that
 was killed after a checkpoint continues with ``fit --resume``; one killed before is started again.
 The study then writes ``results.csv``, ``results.md`` and ``results.png`` into its directory.
+
+A run whose fit fails is reported (its log named, "failed" in the results) and the study goes on
+with the next; it exits 1 at the end. SIGTERM or SIGINT stops the running fit (forwarded to it, so
+that it saves its state) and the study, which exits 128 + the signal's number without results.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import ctypes
 import json
 import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +61,25 @@ STUDY_KEYS = {
     "overrides",
 }  # fmt: skip
 DOUBLE_KEYS = {"cardinality", "layers", "block_complexity"}
+# A scheduler's or `kill`'s SIGTERM and a terminal's Ctrl-C stop the study and the fit it runs.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Seconds a stopped fit has to save its state and exit before its processes are killed.
+STOP_GRACE_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class StudyError(Exception):
     """A study config or run directory that cannot be used; the message names the file."""
+
+
+class StudyStopped(Exception):
+    """A stop signal reached the study. `fit_status` is the exit status of the fit it stopped,
+    None where none was running."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.fit_status: int | None = None
 
 
 class StudyRun(L.Callback):
@@ -364,7 +386,8 @@ def run_state(run_dir: Path) -> str:
 def launch(study: Study, run: Run) -> int:
     """Run `run` to completion in a subprocess unless it is finished; return its exit status.
 
-    Its output goes to ``study.log`` in its directory."""
+    Its output goes to ``study.log`` in its directory. A StudyStopped raised while the fit runs
+    stops it (:func:`stop_fit`) before it propagates."""
     run_dir = study.run_dir(run)
     state = run_state(run_dir)
     if state == "finished":
@@ -380,13 +403,106 @@ def launch(study: Study, run: Run) -> int:
     with (run_dir / LOG_FILE).open("a") as log:
         log.write(f"$ resnext3d {shlex.join(arguments)}\n")
         log.flush()
-        process = subprocess.run(
+        fit = subprocess.Popen(
             [sys.executable, "-m", "resnext3d", *arguments],
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
+            # A session, and so a process group, of its own: a terminal's Ctrl-C, which goes to
+            # the whole foreground group, reaches the study alone, which forwards it once (in the
+            # study's group the fit would get it twice, the second while saving its state); and
+            # the group holds the fit's data-loader workers and DDP ranks, to kill with it.
+            start_new_session=True,
+            preexec_fn=_parent_death_signal(),
         )
-    return process.returncode
+        try:
+            return fit.wait()
+        except StudyStopped as stopped:
+            stopped.fit_status = stop_fit(fit, stopped.signum)
+            raise
+
+
+def stop_fit(fit: subprocess.Popen, signum: int, grace: float = STOP_GRACE_SECONDS) -> int:
+    """Forward `signum` to the fit, which saves its state and exits; kill its process group
+    if it has not exited after `grace` seconds, or at once at a second stop signal. Returns the
+    fit's exit status."""
+    fit.send_signal(signum)
+    try:
+        return fit.wait(timeout=grace)
+    except (subprocess.TimeoutExpired, StudyStopped):
+        # Not yet reaped, so the group's id (the fit's pid) cannot have been reused.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(fit.pid, signal.SIGKILL)
+        return fit.wait()
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, what the fit's process runs before the fit: it is to get SIGTERM when the
+    study's process dies, even of SIGKILL, rather than train on as an orphan that a rerun of the
+    study would resume beside it. Elsewhere, None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no imports after fork
+    study_pid = os.getpid()
+
+    def terminate_with_study() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != study_pid:  # the study died before prctl, so no signal would come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return terminate_with_study
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise StudyStopped(signum)
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Within: SIGTERM and SIGINT (rather than KeyboardInterrupt) raise StudyStopped wherever
+    the study is, waiting for a fit in the first place."""
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def train(study: Study, runs: Sequence[Run]) -> list[Run]:
+    """Train the runs that have not finished, one after the other; return those that failed.
+
+    A failed run does not stop the others (a sweep's other runs are worth having); StudyStopped
+    does, after stopping the running fit."""
+    failed = []
+    action = {"finished": "finished, skipped", "resumable": "resuming", "new": "training"}
+    for index, run in enumerate(runs, 1):
+        run_dir = study.run_dir(run)
+        state = run_state(run_dir)
+        print(f"[{index}/{len(runs)}] {run.name}: {action[state]}", flush=True)
+        if state == "finished":
+            continue
+        started = time.monotonic()
+        log = run_dir / LOG_FILE
+        try:
+            status = launch(study, run)
+        except StudyStopped as stopped:
+            fit = "" if stopped.fit_status is None else f", its fit {_ended(stopped.fit_status)}"
+            print(f"  stopped by {stopped}{fit}; its output: {log}", file=sys.stderr)
+            raise
+        if status == 0 and run_state(run_dir) == "finished":
+            print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
+        else:
+            failed.append(run)
+            ended = _ended(status) if status else "exited 0 without completing"
+            print(f"  failed: its fit {ended}; its output: {log}", file=sys.stderr, flush=True)
+    return failed
+
+
+def _ended(status: int) -> str:
+    """How a process with exit status `status` (Popen's: -N for signal N) ended."""
+    return f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited {status}"
 
 
 # Results.
@@ -422,20 +538,22 @@ def variant_complexity(study: Study, variant: Variant) -> tuple[int, float]:
     return count_parameters(model), macs / 1e9
 
 
-def collect(study: Study) -> list[dict]:
-    """One row per variant: complexity, timing and the best metric of each finished run."""
+def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
+    """One row per variant: complexity, timing, the best metric of each finished run and the
+    replicates (e.g. "seed0") of the `failed` runs."""
     rows = []
     for variant in study.variants:
         parameters, gmacs = variant_complexity(study, variant)
         values, seconds, metric = {}, [], None
-        for run in (run for run in study.runs if run.variant == variant):
+        runs = [run for run in study.runs if run.variant == variant]
+        for run in runs:
             run_dir = study.run_dir(run)
             if run_state(run_dir) != "finished":
                 continue
             score = best_score(run_dir)
             if score is None:
                 continue
-            metric, values[run.name.removeprefix(variant.name + "-")] = score
+            metric, values[_replicate(run)] = score
             record = json.loads((run_dir / FINISHED_FILE).read_text())
             if record.get("seconds_per_step") is not None:
                 seconds.append(record["seconds_per_step"])
@@ -455,9 +573,15 @@ def collect(study: Study) -> list[dict]:
                 "std": _std(scores),
                 "runs": len(scores),
                 "values": values,
+                "failed": [_replicate(run) for run in runs if run in failed],
             }
         )
     return rows
+
+
+def _replicate(run: Run) -> str:
+    """The run's seed (and fold): its column in the results, e.g. "seed0"."""
+    return run.name.removeprefix(run.variant.name + "-")
 
 
 def _std(values: Sequence[float]) -> float:
@@ -469,10 +593,10 @@ def _std(values: Sequence[float]) -> float:
 
 
 def write_results(study: Study, rows: list[dict]) -> list[Path]:
-    """results.csv, results.md and results.png in the study's directory."""
+    """results.csv, results.md and results.png in the study's directory; a failed run's cell
+    says "failed"."""
     study.out_dir.mkdir(parents=True, exist_ok=True)
-    replicates = [run.name.removeprefix(run.variant.name + "-") for run in study.runs]
-    replicates = list(dict.fromkeys(replicates))
+    replicates = list(dict.fromkeys(_replicate(run) for run in study.runs))
     columns = ["group", "variant", "C", "d", "depth", "parameters", "gmacs"]
     columns += ["seconds_per_step", "metric", "mean", "std", "runs"]
     csv_path = study.out_dir / "results.csv"
@@ -480,7 +604,8 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
         writer = csv.DictWriter(handle, [*columns, *replicates])
         writer.writeheader()
         for row in rows:
-            writer.writerow({**{k: row[k] for k in columns}, **row["values"]})
+            failed = dict.fromkeys(row["failed"], "failed")
+            writer.writerow({**{k: row[k] for k in columns}, **row["values"], **failed})
 
     metric = next((row["metric"] for row in rows if row["metric"]), "metric")
     size = "x".join(map(str, study.input_size))
@@ -490,7 +615,10 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
         "|" + "---|" * (8 + len(replicates)),
     ]
     for row in rows:
-        values = [_format(row["values"].get(name)) for name in replicates]
+        values = [
+            "failed" if name in row["failed"] else _format(row["values"].get(name))
+            for name in replicates
+        ]
         lines.append(
             f"| {row['group']} | {row['C']} | {row['d']} | {row['depth']} | "
             f"{row['parameters'] / 1e6:.2f} | {row['gmacs']:.3f} | "
@@ -600,7 +728,9 @@ srun {" ".join(shlex.quote(part) for part in command[:-1])} "$SLURM_ARRAY_TASK_I
 
 
 def study_main(argv: Sequence[str] | None = None) -> int:
-    """``resnext3d study CONFIG``: run every run that has not finished, then write the results."""
+    """``resnext3d study CONFIG``: run every run that has not finished, then write the results.
+
+    Exits 1 if a run failed, 128 + the signal's number if SIGTERM or SIGINT stopped it."""
     parser = argparse.ArgumentParser(
         prog="resnext3d study",
         description="Cardinality at equal complexity: one `resnext3d fit` run per variant and "
@@ -644,22 +774,22 @@ def study_main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--task must be 0 to {len(runs) - 1} for {args.config}")
         runs = [runs[args.task]]
 
-    failed = []
-    for index, run in enumerate(runs, 1):
-        run_dir = study.run_dir(run)
-        state = run_state(run_dir)
-        action = {"finished": "finished, skipped", "resumable": "resuming", "new": "training"}
-        print(f"[{index}/{len(runs)}] {run.name}: {action[state]}", flush=True)
-        if state == "finished":
-            continue
-        started = time.monotonic()
-        status = launch(study, run)
-        if status != 0:
-            failed.append(run)
-            print(f"  failed (exit {status}); its output: {run_dir / LOG_FILE}", file=sys.stderr)
-        else:
-            print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
-    if args.task is None:
-        for path in write_results(study, collect(study)):
-            print(f"wrote {path}")
-    return 1 if failed else 0
+    try:
+        with stopped_by_signals():
+            failed = train(study, runs)
+            if args.task is None:
+                for path in write_results(study, collect(study, failed)):
+                    print(f"wrote {path}")
+    except StudyStopped as stopped:
+        print(
+            f"resnext3d study: stopped by {stopped}; no results written; the same command "
+            "continues the study",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
+    if failed:
+        print(f"resnext3d study: {len(failed)} of {len(runs)} runs failed:", file=sys.stderr)
+        for run in failed:
+            print(f"  {run.name}: {study.run_dir(run) / LOG_FILE}", file=sys.stderr)
+        return 1
+    return 0

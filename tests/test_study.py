@@ -1,9 +1,15 @@
 """`resnext3d study`: variants of equal and double complexity, runs in the study's directory,
-finished runs skipped, killed ones resumed, and the three result files."""
+finished runs skipped, killed ones resumed, the three result files, failed runs, and a stopped
+study stopping its fit."""
 
 import csv
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,7 @@ from resnext3d.models.resnext import ResNeXt
 from resnext3d.study import StudyError, load_study, study_main, variant_complexity
 
 ROOT = Path(__file__).parents[1]
+TESTS = Path(__file__).parent
 STUDIES = sorted((ROOT / "experiments" / "studies").glob("*.yaml"))
 REFERENCE_3D = bottleneck_parameters(1, 64, 3)
 
@@ -83,10 +90,10 @@ def test_a_study_config_error_names_the_file_and_the_key(tmp_path):
         load_study(path)
 
 
-@pytest.fixture
-def toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
-    """Two variants of a tiny network, one seed, two training steps and one validation batch."""
-    config = write_study(
+def write_toy_study(tmp_path: Path, phantom: Path, max_epochs: int = 1) -> Path:
+    """Two variants of a tiny network, one seed, two training steps and one validation batch an
+    epoch."""
+    return write_study(
         tmp_path,
         base=str(ROOT / "experiments" / "brats_cls.yaml"),
         input_size=[16, 16, 16],
@@ -97,17 +104,21 @@ def toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
         seeds=[0],
         overrides={
             "trainer": {
-                "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
+                "max_epochs": max_epochs, "limit_train_batches": 2, "limit_val_batches": 1,
                 "accelerator": "cpu", "enable_progress_bar": False,
                 "enable_model_summary": False, "log_every_n_steps": 1,
             },
             "data": {"init_args": {
-                "data_dir": str(tiny_phantom), "roi_size": [16, 16, 16], "batch_size": 2,
+                "data_dir": str(phantom), "roi_size": [16, 16, 16], "batch_size": 2,
                 "num_workers": 0, "spacing": [4.0, 4.0, 4.0],
             }},
         },
     )  # fmt: skip
-    return config, tmp_path / "study"
+
+
+@pytest.fixture
+def toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
+    return write_toy_study(tmp_path, tiny_phantom), tmp_path / "study"
 
 
 def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
@@ -140,7 +151,7 @@ def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
     capsys.readouterr()
 
     launched = []
-    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: launched.append(args))
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: launched.append(args))
     assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
     assert launched == []
     assert capsys.readouterr().out.count("finished, skipped") == 2
@@ -149,12 +160,15 @@ def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
     killed = out_dir / "runs" / "resnext14_4x28d-seed0"
     (killed / study_module.FINISHED_FILE).unlink()
 
-    def finish(command, **kwargs):
-        launched.append(command)
-        (killed / study_module.FINISHED_FILE).write_text("{}")
-        return subprocess.CompletedProcess(command, 0)
+    class FinishingFit:
+        def __init__(self, command, **kwargs):
+            launched.append(command)
+            (killed / study_module.FINISHED_FILE).write_text("{}")
 
-    monkeypatch.setattr(subprocess, "run", finish)
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FinishingFit)
     assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
     (command,) = launched
     assert command[command.index("fit") :] == ["fit", "--resume", str(killed)]
@@ -178,3 +192,144 @@ def test_print_commands_and_slurm_array(toy_study, capsys):
     text = script.read_text()
     assert "#SBATCH --array=0-1" in text
     assert '--task "$SLURM_ARRAY_TASK_ID"' in text
+
+
+def test_a_failed_run_is_failed_in_the_results_and_the_sweep_goes_on(toy_study, capsys):
+    config, out_dir = toy_study
+    # A run directory whose fit cannot resume it (a checkpoint, no config): `fit --resume` exits 1.
+    broken = out_dir / "runs" / "resnext14_1x64d-seed0"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert study_main([str(config), "--out-dir", str(out_dir)]) == 1
+    with (out_dir / "results.csv").open() as handle:
+        failed, trained = csv.DictReader(handle)
+    assert (failed["seed0"], failed["runs"]) == ("failed", "0")
+    assert trained["runs"] == "1" and 0.0 <= float(trained["seed0"]) <= 1.0
+    table = (out_dir / "results.md").read_text().splitlines()
+    assert table[2].endswith("| failed |") and not table[3].endswith("| failed |")
+    err = capsys.readouterr().err
+    assert f"failed: its fit exited 1; its output: {broken / 'study.log'}" in err
+    assert "1 of 2 runs failed" in err
+
+
+def start_study(config: Path, out_dir: Path) -> subprocess.Popen:
+    """`resnext3d study` in a process group of its own, as a terminal starts a command."""
+    environment = {**os.environ, "PYTHONPATH": str(TESTS)}
+    environment.pop("RESNEXT3D_RUN_VERSION", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "resnext3d", "study", str(config), "--out-dir", str(out_dir)],
+        cwd=out_dir.parent,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (an orphan's zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.1)
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+@pytest.fixture
+def kill_afterwards():
+    """Pids to SIGKILL after the test where they still live: the test's study and its fit."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def long_toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
+    """The toy study with epochs enough to train until it is stopped."""
+    return write_toy_study(tmp_path, tiny_phantom, max_epochs=100_000), tmp_path / "study"
+
+
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm-to-the-study", "ctrl-c-to-its-group"]
+)
+def test_a_stopped_study_stops_its_fit_and_writes_no_results(long_toy_study, kill_afterwards, stop):
+    config, out_dir = long_toy_study
+    study = start_study(config, out_dir)
+    kill_afterwards.append(study.pid)
+    run = out_dir / "runs" / "resnext14_1x64d-seed0"
+    wait_until(
+        lambda: study.poll() is not None or (run / "checkpoints" / "last.ckpt").is_file(),
+        seconds=180,
+        what="first checkpoint",
+    )
+    assert study.poll() is None, study.communicate()
+    (fit,) = children(study.pid)
+    kill_afterwards.append(fit)
+    if stop == signal.SIGTERM:
+        study.send_signal(stop)
+    else:  # what a terminal's Ctrl-C does: SIGINT to every process of the foreground group
+        os.killpg(study.pid, stop)
+
+    # Within the fit's grace period to save its state (STOP_GRACE_SECONDS), and a margin.
+    _, err = study.communicate(timeout=90)
+    assert study.returncode == 128 + stop, err
+    assert not alive(fit)
+    assert f"stopped by {stop.name}, its fit exited" in err  # of itself, not killed
+    assert str(run / "study.log") in err
+    assert study_module.run_state(run) == "resumable"  # the rerun continues it
+    assert not (out_dir / "runs" / "resnext14_4x28d-seed0").exists()  # no further run started
+    assert not (out_dir / "results.csv").exists()
+
+
+def test_a_fit_does_not_outlive_a_study_killed_with_sigkill(long_toy_study, kill_afterwards):
+    config, out_dir = long_toy_study
+    study = start_study(config, out_dir)
+    kill_afterwards.append(study.pid)
+    wait_until(lambda: study.poll() is not None or children(study.pid), 120, what="fit process")
+    (fit,) = children(study.pid)
+    kill_afterwards.append(fit)
+    study.kill()
+    study.communicate()
+    wait_until(lambda: not alive(fit), seconds=60, what="end of the orphaned fit")
+
+
+def test_a_fit_that_ignores_the_stop_signal_is_killed_with_its_group_after_the_grace():
+    # A "fit" that ignores SIGTERM, with a process of its own (a data-loader worker, say).
+    script = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        "print(worker.pid, flush=True); time.sleep(300)"
+    )
+    fit = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    worker = int(fit.stdout.readline())
+    started = time.monotonic()
+    try:
+        assert study_module.stop_fit(fit, signal.SIGTERM, grace=1.0) == -signal.SIGKILL
+        assert 1.0 <= time.monotonic() - started < 10
+        wait_until(lambda: not alive(worker), seconds=10, what="end of the fit's worker")
+    finally:
+        for pid in (fit.pid, worker):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        fit.stdout.close()
