@@ -60,6 +60,16 @@ def run(args: list[str], cwd: Path) -> None:
         raise RuntimeError(f"resnext3d {' '.join(args[:3])} failed:\n{result.stderr[-3000:]}")
 
 
+def run_in_new_folder(args: list[str], cwd: Path) -> Path:
+    """Run `resnext3d args` in `cwd`; the run folder it created. The folders of earlier runs
+    (of this bench run, or of earlier ones into the same --out) stay where they are."""
+    runs = cwd / "runs" / "brats_seg"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    run(args, cwd)
+    (created,) = set(runs.iterdir()) - before
+    return created
+
+
 def train_and_validate(
     network: list[str], seed: int, budget: float, data: list[str], workdir: Path
 ) -> dict[str, float]:
@@ -67,7 +77,8 @@ def train_and_validate(
     workdir.mkdir(parents=True, exist_ok=True)
     hours, rest = divmod(int(budget), 3600)
     max_time = f"00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
-    run(["fit", "--config", str(EXPERIMENT), *network, *data, "--seed_everything", str(seed),
+    trained = run_in_new_folder(
+        ["fit", "--config", str(EXPERIMENT), *network, *data, "--seed_everything", str(seed),
          # A time budget gives a schedule no length: a constant rate, the same for everyone.
          "--model.init_args.scheduler", "null",
          # The budget is all training: validating while training would take a larger share of
@@ -75,12 +86,11 @@ def train_and_validate(
          "--trainer.limit_val_batches", "0",
          "--trainer.max_epochs", "-1", "--trainer.max_time", max_time,
          "--trainer.enable_progress_bar", "false"], workdir)  # fmt: skip
-    (trained,) = (workdir / "runs" / "brats_seg").iterdir()
     # Without validation while training no checkpoint is "best": --run takes the last state,
     # not one chosen on the cases it is then validated on.
-    run(["validate", "--run", str(trained), *data, "--trainer.limit_val_batches", "1.0",
+    validated = run_in_new_folder(
+        ["validate", "--run", str(trained), *data, "--trainer.limit_val_batches", "1.0",
          "--trainer.enable_progress_bar", "false"], workdir)  # fmt: skip
-    validated = next(path for path in (workdir / "runs" / "brats_seg").iterdir() if path != trained)
     with (validated / "metrics.csv").open() as handle:
         (row,) = [r for r in csv.DictReader(handle) if r.get("val/dice_mean")]
     with (trained / "metrics.csv").open() as handle:

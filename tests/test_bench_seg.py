@@ -1,6 +1,9 @@
 """`make bench-seg` in its quick mode: every network trains and validates, and the table has a
 row per network with its ratios to the best other."""
 
+import csv
+from pathlib import Path
+
 import pytest
 
 from benchmarks import bench_seg
@@ -24,3 +27,35 @@ def test_quick_mode_runs_every_network(tiny_phantom, tmp_path, capsys):
     assert len(table) == 2 + len(bench_seg.NETWORKS)
     for name in bench_seg.NETWORKS:
         assert any(line.startswith(f"| {name} |") for line in table)
+
+
+def test_a_second_bench_run_reads_its_own_runs_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
+    """The folders of an earlier `make bench-seg` into the same --out are neither read as this
+    run's nor deleted."""
+    validated_runs = []
+
+    def fake_resnext3d(args, cwd):
+        """Make a run folder as `resnext3d fit|validate` would, with its metrics.csv."""
+        runs = cwd / "runs" / "brats_seg"
+        runs.mkdir(parents=True, exist_ok=True)
+        folder = runs / f"run{len(list(runs.iterdir()))}"
+        folder.mkdir()
+        invocation = len(validated_runs)
+        if args[0] == "fit":
+            rows = [{"step": step, "train/loss": 1.0} for step in (9, 19 + invocation)]
+        else:
+            validated_runs.append(Path(args[args.index("--run") + 1]))
+            rows = [{"val/dice_mean": invocation / 10, "val/dice_tc": invocation / 10}]
+        with (folder / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    monkeypatch.setattr(bench_seg, "run", fake_resnext3d)
+    first = bench_seg.train_and_validate([], 0, 5.0, [], tmp_path)
+    second = bench_seg.train_and_validate([], 0, 5.0, [], tmp_path)
+    assert first == {"dice_mean": 0.0, "dice_tc": 0.0, "steps": 19}
+    assert second == {"dice_mean": 0.1, "dice_tc": 0.1, "steps": 20}
+    runs = tmp_path / "runs" / "brats_seg"
+    assert validated_runs == [runs / "run0", runs / "run2"]  # each the state it just trained
+    assert sorted(path.name for path in runs.iterdir()) == ["run0", "run1", "run2", "run3"]
