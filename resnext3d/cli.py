@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import os
+import shutil
+import signal
 import sys
 import time
 import warnings
@@ -15,10 +18,12 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnext3d.data.checks import check_data_main
 from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
+from resnext3d.files import describe_os_error
 from resnext3d.models import (
     UNET_PRESETS,
     PlannedResNeXtUNet,
@@ -43,6 +48,7 @@ from resnext3d.training import (
     resume_files,
 )
 from resnext3d.training.performance import accelerator_device_type, default_precision
+from resnext3d.training.run_lock import RunLock
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
@@ -73,10 +79,17 @@ class ResNeXtCLI(LightningCLI):
     """
 
     def __init__(
-        self, *args, resume_dir: Path | None = None, source_run: Path | None = None, **kwargs
+        self,
+        *args,
+        resume_dir: Path | None = None,
+        source_run: Path | None = None,
+        owner: contextlib.ExitStack | None = None,
+        **kwargs,
     ) -> None:
         self.resume_dir = resume_dir  # continue in this run directory
         self.source_run = source_run  # the run whose config and checkpoint this one uses
+        # In the process that owns the run: what it holds until the run ends (the lock).
+        self.owner = owner
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -165,6 +178,27 @@ class ResNeXtCLI(LightningCLI):
                 logger.init_args.save_dir = config.trainer.default_root_dir
                 _keep_wandb_offline_without_key(logger)
         self._configure_checkpoints(config)
+        if self.owner is not None and self.resume_dir is None:
+            self._own_new_run_directory(Path(config.trainer.default_root_dir))
+
+    def _own_new_run_directory(self, run_dir: Path) -> None:
+        """Lock a new fit's directory for the run (which proves it can be written, before
+        anything starts), and remove a directory this run made if it fails before it wrote
+        anything worth keeping."""
+        if not run_dir.exists():
+            self.owner.push(
+                lambda failure, *_: failure is not None and self._remove_if_unused(run_dir)
+            )
+        if self.config.subcommand == "fit":
+            self.owner.enter_context(RunLock(run_dir))
+
+    def _remove_if_unused(self, run_dir: Path) -> bool:
+        trainer = getattr(self, "trainer", None)
+        trained = trainer is not None and trainer.state.fn == "fit" and trainer.global_step > 0
+        results = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("predictions*")]
+        if not trained and not results:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return False  # the failure goes on to be reported
 
     def _experiment_name(self) -> str:
         """The name of the first --config file (runs/<name>/...), or "run" without one."""
@@ -214,6 +248,12 @@ def _run_version() -> str:
     return version
 
 
+def _is_first_rank() -> bool:
+    """Whether this is the first process of a run that a scheduler or torchrun started as several
+    (each launching); a process that Lightning's launcher starts is no launching one."""
+    return all(os.environ.get(variable, "0") == "0" for variable in ("SLURM_PROCID", "RANK"))
+
+
 def _is_requeued_slurm_job() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
@@ -252,37 +292,46 @@ def lightning_main(argv: list[str] | None) -> None:
     )
     launching = RUN_VERSION_VARIABLE not in os.environ
     args = list(sys.argv[1:] if argv is None else argv)
-    args, run_dir = _run_arguments(args, prepare=launching)
-    resume_dir = run_dir if args[0] == "fit" else None
-    if resume_dir is not None:
-        os.environ[RUN_VERSION_VARIABLE] = resume_dir.name  # DDP workers resume there too
     try:
-        ResNeXtCLI(
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            auto_configure_optimizers=False,
-            # A resumed run, or a requeued SLURM job, continues in its own directory, where its
-            # config already is (the resumed one keeps the earlier config beside it).
-            save_config_kwargs={"overwrite": resume_dir is not None or _is_requeued_slurm_job()},
-            # The loggers and callbacks every run starts from, before its --config files.
-            parser_kwargs={
-                command: {"default_config_files": [str(DEFAULTS)]} for command in LIGHTNING_COMMANDS
-            },
-            resume_dir=resume_dir,
-            source_run=run_dir,
-        )
+        # What the run holds until it ends, however it ends: the lock on its directory.
+        with contextlib.ExitStack() as run_resources:
+            owner = run_resources if launching and _is_first_rank() else None
+            args, run_dir = _run_arguments(args, owner=owner)
+            resume_dir = run_dir if args[0] == "fit" else None
+            if resume_dir is not None:
+                os.environ[RUN_VERSION_VARIABLE] = resume_dir.name  # DDP workers resume there
+            ResNeXtCLI(
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                auto_configure_optimizers=False,
+                # A resumed run, or a requeued SLURM job, continues in its own directory, where
+                # its config already is (the resumed one keeps the earlier config beside it).
+                save_config_kwargs={
+                    "overwrite": resume_dir is not None or _is_requeued_slurm_job()
+                },
+                # The loggers and callbacks every run starts from, before its --config files.
+                parser_kwargs={
+                    command: {"default_config_files": [str(DEFAULTS)]}
+                    for command in LIGHTNING_COMMANDS
+                },
+                resume_dir=resume_dir,
+                source_run=run_dir,
+                owner=owner,
+            )
     finally:
         if launching:  # the next run of this process, or a process it starts, is another run
             os.environ.pop(RUN_VERSION_VARIABLE, None)
 
 
-def _run_arguments(args: list[str], prepare: bool) -> tuple[list[str], Path | None]:
+def _run_arguments(
+    args: list[str], owner: contextlib.ExitStack | None
+) -> tuple[list[str], Path | None]:
     """A run directory in place of a config and a checkpoint:
 
     - ``fit --resume RUN_DIR [overrides]``: ``fit --config RUN_DIR/config.yaml --ckpt_path
-      RUN_DIR/checkpoints/last.ckpt``, continuing in RUN_DIR; `prepare` readies it (once, in the
-      process that launches the run, not in each DDP worker);
+      RUN_DIR/checkpoints/last.ckpt``, continuing in RUN_DIR; the process that owns the run (the
+      one that launches it, not each DDP worker) locks RUN_DIR into `owner` and readies it;
     - ``validate|test|predict --run RUN_DIR [overrides]``: the run's config and best checkpoint
       (its last where it kept no best), in a new run directory beside it.
 
@@ -300,7 +349,10 @@ def _run_arguments(args: list[str], prepare: bool) -> tuple[list[str], Path | No
         )
     run_dir = Path(run_dir).resolve()
     if command == "fit":
-        config, checkpoint = prepare_resume(run_dir) if prepare else resume_files(run_dir)
+        if owner is not None:
+            resume_files(run_dir)  # a run that cannot be resumed is named before it is locked
+            owner.enter_context(RunLock(run_dir))
+        config, checkpoint = prepare_resume(run_dir) if owner else resume_files(run_dir)
     else:
         config, checkpoint = run_dir / CONFIG_FILE, best_checkpoint(run_dir)
     return [command, "--config", str(config), "--ckpt_path", str(checkpoint), *rest[1:]], run_dir
@@ -449,6 +501,18 @@ def main(argv: list[str] | None = None) -> None:
             # The message names the file or the step; a traceback would bury it.
             print(f"resnext3d {args[0]}: error: {error}", file=sys.stderr)
             sys.exit(1)
+        except OSError as error:
+            if error.filename is None:
+                raise
+            # A full disk, a read-only or unwritable folder: the file and the reason suffice.
+            reason = describe_os_error(error, error.filename)
+            print(f"resnext3d {args[0]}: error: {error.filename}: {reason}", file=sys.stderr)
+            sys.exit(1)
+        except SIGTERMException:
+            # Lightning ends a run stopped by SIGTERM as if it had finished (status 0); the
+            # shell's convention, 128 + the signal's number, tells a scheduler or a sweep it
+            # did not.
+            sys.exit(128 + signal.SIGTERM)
         return
     print(f"resnext3d: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
     sys.exit(2)

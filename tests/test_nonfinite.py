@@ -59,3 +59,18 @@ def test_skip_stops_after_its_limit(toy_config, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(toy_config), "--data.init_args.nan_case", "3", *skip])
     assert "after 1 skipped batches" in capsys.readouterr().err
+
+
+def test_a_stopped_run_keeps_its_metrics_rows_and_its_last_epoch(toy_config, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "4",
+              "--trainer.callbacks+=interrupt.PoisonWeightsAt",
+              "--trainer.callbacks.epoch=2"])  # fmt: skip
+    assert "training loss nan at epoch 2" in capsys.readouterr().err
+    (metrics,) = toy_config.parent.glob("runs/toy/*/metrics.csv")
+    with metrics.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows if row["val/loss"]] == ["0", "1"]
+    assert [row["epoch"] for row in rows if row["train/loss"]] == ["0", "1"]
+    (last,) = [p for p in checkpoints(toy_config.parent) if p.name == "last.ckpt"]
+    assert torch.load(last, weights_only=True)["epoch"] == 1

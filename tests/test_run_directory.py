@@ -5,12 +5,17 @@ import time
 
 import pytest
 
-from resnext3d.cli import RUN_VERSION_VARIABLE, _run_version
+from resnext3d.cli import RUN_VERSION_VARIABLE, _run_version, main
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    for name in (RUN_VERSION_VARIABLE, "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+    for name in (
+        RUN_VERSION_VARIABLE,
+        "SLURM_JOB_ID",
+        "SLURM_RESTART_COUNT",
+        "TORCHELASTIC_RUN_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield
     os.environ.pop(RUN_VERSION_VARIABLE, None)  # set by _run_version itself, not monkeypatch
@@ -46,3 +51,15 @@ def test_an_explicit_version_wins(monkeypatch):
     monkeypatch.setenv(RUN_VERSION_VARIABLE, "my-run")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     assert _run_version() == "my-run"
+
+
+def test_a_requeued_slurm_job_continues_in_its_run_directory(toy_config, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "1"])
+    run = toy_config.parent / "runs" / "toy" / "slurm-4242"
+    first_rows = (run / "metrics.csv").read_text().splitlines()
+    # The requeued job: the same command, the same job id, a restart count.
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "1"])
+    assert [p.name for p in run.parent.iterdir()] == ["slurm-4242"]
+    assert (run / "metrics.csv").read_text().splitlines()[: len(first_rows)] == first_rows

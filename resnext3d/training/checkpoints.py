@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch import callbacks
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnext3d.files import PARTIAL_SUFFIX, atomic_file, describe_os_error
@@ -92,9 +93,15 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         super().on_exception(trainer, pl_module, exception)
-        stopped_by_signal = isinstance(exception, SIGTERMException | KeyboardInterrupt)
-        if stopped_by_signal and trainer.state.fn == "fit":
+        signal_name = {SIGTERMException: "SIGTERM", KeyboardInterrupt: "SIGINT"}.get(
+            type(exception)
+        )
+        if signal_name and trainer.state.fn == "fit" and self.save_last:
             self._save_last_unless_saved(trainer)
+            rank_zero_info(
+                f"stopped by {signal_name} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}: this state is saved in {self.last_model_path}"
+            )
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
