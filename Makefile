@@ -60,12 +60,14 @@ ifeq ($(filter cpu cuda,$(VARIANT)),)
 $(error VARIANT=$(VARIANT): choose cpu or cuda)
 endif
 
-# torch with --no-deps, then exactly the locked versions (hashes checked, nothing resolved), then the
-# package itself built with the locked setuptools; `pip check` fails loudly on an inconsistent set.
+# torch by its pin with what it requires (where pip finds no CPU build, that is PyPI's CUDA build with
+# its CUDA libraries, pinned by torch itself), then exactly the locked versions (hashes checked,
+# nothing resolved), then the package built with the locked setuptools; `pip check` fails loudly on an
+# inconsistent set.
 $(STAMP): pyproject.toml $(LOCK) $(VENV)/.install-args
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "pip==$(PIP_VERSION)"
-	$(BIN)/python -m pip install --quiet --no-deps "$(TORCH)"
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
