@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnext3d.files import PARTIAL_SUFFIX, atomic_file, describe_os_error
+from resnext3d.training.nonfinite import non_finite_weights
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 CONFIG_FILE = "config.yaml"
@@ -199,11 +200,7 @@ def check_checkpoint_weights(
             f"{len(unexpected)} unexpected; e.g. {'; '.join(examples[:3])}): was it trained "
             "with another encoder (preset, layers, cardinality, base_width) or decoder?"
         )
-    broken = [
-        name
-        for name, tensor in checkpoint["state_dict"].items()
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-    ]
+    broken = non_finite_weights(checkpoint["state_dict"])
     if broken:
         raise CheckpointError(
             f"{path} holds {describe_checkpoint(checkpoint)} with {len(broken)} weights that are "

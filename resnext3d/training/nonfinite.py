@@ -82,11 +82,7 @@ class NonFiniteGuard(L.Callback):
             )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        broken = [
-            name
-            for name, tensor in checkpoint["state_dict"].items()
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-        ]
+        broken = non_finite_weights(checkpoint["state_dict"])
         if broken:
             raise NonFiniteError(
                 f"{len(broken)} weights are not finite at epoch {trainer.current_epoch}, step "
@@ -125,6 +121,15 @@ class NonFiniteGuard(L.Callback):
             "Check these cases' images (resnext3d check-data), lower the learning rate, or skip "
             "such batches with --nonfinite.action skip"
         )
+
+
+def non_finite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors of `state_dict` with a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
 
 
 def _case_ids(batch) -> list[str]:
