@@ -16,6 +16,7 @@ from cli_process import run_resnext3d
 from test_experiments import small_data
 
 from resnext3d.cli import main
+from resnext3d.training import read_checkpoint
 
 ROOT = Path(__file__).parents[1]
 CLASSIFICATION = str(ROOT / "experiments" / "brats_cls.yaml")
@@ -130,8 +131,10 @@ def test_a_run_directory_in_use_is_refused_naming_the_process(toy_config, capsys
     finally:
         training.kill()
         training.wait()
-    # Once the process is gone, its directory is free, SIGKILL or not.
-    main(["fit", "--resume", str(run), "--trainer.max_epochs", "1"])
+    # Once the process is gone, its directory is free, SIGKILL or not: one more epoch.
+    epoch = read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"]
+    main(["fit", "--resume", str(run), "--trainer.max_epochs", str(epoch + 2)])
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == epoch + 1
 
 
 @pytest.fixture
