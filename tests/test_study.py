@@ -269,7 +269,11 @@ def long_toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize(
-    "stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm-to-the-study", "ctrl-c-to-its-group"]
+    "stop",
+    [
+        pytest.param(signal.SIGTERM, id="sigterm-to-the-study"),
+        pytest.param(signal.SIGINT, id="ctrl-c-to-its-group", marks=pytest.mark.slow),
+    ],
 )
 def test_a_stopped_study_stops_its_fit_and_writes_no_results(long_toy_study, kill_afterwards, stop):
     config, out_dir = long_toy_study
