@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from resnext3d.data.checks import check_data_main
 from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
+from resnext3d.evaluation.evaluate import evaluate_main
 from resnext3d.files import describe_os_error
 from resnext3d.models import (
     UNET_PRESETS,
@@ -461,12 +462,17 @@ def study_command(argv: list[str]) -> None:
     sys.exit(study_main(argv))
 
 
+def evaluate_command(argv: list[str]) -> None:
+    sys.exit(evaluate_main(argv))
+
+
 TOOLS = {
     "models": models_command,
     "complexity": complexity_command,
     "phantom": phantom_command,
     "check-data": check_data_command,
     "study": study_command,
+    "evaluate": evaluate_command,
 }
 USAGE = """usage: resnext3d COMMAND [options]
 
@@ -483,6 +489,9 @@ tools:
                resnext3d check-data DIR [--task classification|segmentation] [--labels CSV ...]
   study        cardinality at equal complexity, one fit per variant and seed, with results:
                resnext3d study experiments/studies/cpu_phantom.yaml [--print-commands]
+  evaluate     score predicted label maps as the BraTS challenge does (legacy and lesion-wise
+               Dice and HD95 per region): resnext3d evaluate PREDICTIONS REFERENCES
+               [--release auto|brats2021|brats2023|decathlon] [--out CSV] [--allow-missing]
 """
 
 
