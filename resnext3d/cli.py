@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import itertools
 import os
@@ -28,6 +29,7 @@ from resnext3d.files import describe_os_error
 from resnext3d.models import (
     UNET_PRESETS,
     PlannedResNeXtUNet,
+    ProbabilityEnsemble,
     count_macs,
     count_parameters,
     create_model,
@@ -35,6 +37,7 @@ from resnext3d.models import (
 )
 from resnext3d.models.complexity import complexity_table
 from resnext3d.study import study_main
+from resnext3d.tasks import VolumeSegmenter
 from resnext3d.training import (
     CONFIG_FILE,
     AtomicCheckpointIO,
@@ -48,6 +51,7 @@ from resnext3d.training import (
     read_checkpoint,
     resume_files,
 )
+from resnext3d.training.checkpoints import LAST_CHECKPOINT
 from resnext3d.training.performance import accelerator_device_type, default_precision
 from resnext3d.training.run_lock import RunLock
 
@@ -76,7 +80,8 @@ class ResNeXtCLI(LightningCLI):
     (:func:`resnext3d.training.performance.default_precision`). Every run has a
     :class:`~resnext3d.training.NonFiniteGuard` (configured under ``nonfinite``) and writes its
     checkpoints atomically (:class:`~resnext3d.training.AtomicCheckpointIO`); a checkpoint given
-    with ``--ckpt_path`` is checked against the run's model before anything starts.
+    with ``--ckpt_path`` is checked against the run's model before anything starts, as is
+    each checkpoint of an `ensemble`, which then takes the place of the task's network.
     """
 
     def __init__(
@@ -84,11 +89,13 @@ class ResNeXtCLI(LightningCLI):
         *args,
         resume_dir: Path | None = None,
         source_run: Path | None = None,
+        ensemble: list[Path] | None = None,
         owner: contextlib.ExitStack | None = None,
         **kwargs,
     ) -> None:
         self.resume_dir = resume_dir  # continue in this run directory
         self.source_run = source_run  # the run whose config and checkpoint this one uses
+        self.ensemble = ensemble or []  # checkpoints whose networks' mean this run evaluates
         # In the process that owns the run: what it holds until the run ends (the lock).
         self.owner = owner
         super().__init__(*args, **kwargs)
@@ -107,6 +114,13 @@ class ResNeXtCLI(LightningCLI):
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_argument(
+            "--monitor",
+            type=str | None,
+            default=None,
+            help="the metric checkpoints keep the best of, e.g. val/lesion_dice_mean (default: "
+            "the task's); minimised for losses and distances (hd95), maximised otherwise",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -123,6 +137,35 @@ class ResNeXtCLI(LightningCLI):
         path = self._ckpt_path()
         if path is not None:
             check_checkpoint_weights(path, self._checkpoint, self.model)
+        if self.ensemble:
+            self.model.network = self._ensemble_network()
+
+    def _ensemble_network(self) -> ProbabilityEnsemble:
+        """The networks of the `ensemble`'s checkpoints, each checked against the model, which
+        the first run's config built."""
+        task = self._subcommand_config().model.class_path
+        members = []
+        for path in self.ensemble:
+            checkpoint = read_checkpoint(path)
+            try:
+                check_checkpoint_task(path, checkpoint, task)
+                check_checkpoint_weights(path, checkpoint, self.model)
+            except CheckpointError as error:
+                raise CheckpointError(
+                    f"{error} (an ensemble's runs share the model of its first, {self.source_run})"
+                ) from error
+            member = copy.deepcopy(self.model.network)
+            prefix = "network."
+            member.load_state_dict(
+                {
+                    name.removeprefix(prefix): weights
+                    for name, weights in checkpoint["state_dict"].items()
+                    if name.startswith(prefix)
+                }
+            )
+            members.append(member)
+        probabilities = "sigmoid" if isinstance(self.model, VolumeSegmenter) else "softmax"
+        return ProbabilityEnsemble(members, probabilities)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
@@ -210,15 +253,19 @@ class ResNeXtCLI(LightningCLI):
     def _configure_checkpoints(config) -> None:
         """Checkpoint callbacks are the project's ModelCheckpoint, whose last.ckpt is always the
         latest state, even where a config names Lightning's; without a monitor they keep the
-        best of the task's own metric."""
+        best of ``--monitor``, or else of the task's own metric."""
         module, _, name = config.model.class_path.rpartition(".")
         task = getattr(importlib.import_module(module), name)
+        monitor = task.checkpoint_monitor
+        if config.get("monitor"):
+            lower_is_better = any(kind in config.monitor for kind in ("loss", "hd95"))
+            monitor = (config.monitor, "min" if lower_is_better else "max")
         for callback in config.trainer.callbacks or []:
             if callback.class_path in LIGHTNING_MODEL_CHECKPOINTS:
                 callback.class_path = "resnext3d.training.ModelCheckpoint"
             arguments = getattr(callback, "init_args", None)
             if callback.class_path.endswith("ModelCheckpoint") and arguments.monitor is None:
-                arguments.monitor, arguments.mode = task.checkpoint_monitor
+                arguments.monitor, arguments.mode = monitor
 
 
 def _writes_files(logger) -> bool:
@@ -297,7 +344,7 @@ def lightning_main(argv: list[str] | None) -> None:
         # What the run holds until it ends, however it ends: the lock on its directory.
         with contextlib.ExitStack() as run_resources:
             owner = run_resources if launching and _is_first_rank() else None
-            args, run_dir = _run_arguments(args, owner=owner)
+            args, run_dir, ensemble = _run_arguments(args, owner=owner)
             resume_dir = run_dir if args[0] == "fit" else None
             if resume_dir is not None:
                 os.environ[RUN_VERSION_VARIABLE] = resume_dir.name  # DDP workers resume there
@@ -318,6 +365,7 @@ def lightning_main(argv: list[str] | None) -> None:
                 },
                 resume_dir=resume_dir,
                 source_run=run_dir,
+                ensemble=ensemble,
                 owner=owner,
             )
     finally:
@@ -327,48 +375,80 @@ def lightning_main(argv: list[str] | None) -> None:
 
 def _run_arguments(
     args: list[str], owner: contextlib.ExitStack | None
-) -> tuple[list[str], Path | None]:
-    """A run directory in place of a config and a checkpoint:
+) -> tuple[list[str], Path | None, list[Path]]:
+    """Run directories in place of a config and a checkpoint:
 
     - ``fit --resume RUN_DIR [overrides]``: ``fit --config RUN_DIR/config.yaml --ckpt_path
       RUN_DIR/checkpoints/last.ckpt``, continuing in RUN_DIR; the process that owns the run (the
       one that launches it, not each DDP worker) locks RUN_DIR into `owner` and readies it;
     - ``validate|test|predict --run RUN_DIR [overrides]``: the run's config and best checkpoint
-      (its last where it kept no best), in a new run directory beside it.
+      (its last where it kept no best), in a new run directory beside it;
+    - ``validate|test|predict --run RUN_DIR RUN_DIR ... [overrides]``, or a folder of runs (e.g.
+      a cross-validation's folds): the ensemble of the runs' best checkpoints, with the first
+      run's config, in a new run directory beside the first run.
 
-    Returns the arguments and the run directory given, if any.
+    Returns the arguments, the (first) run directory given, if any, and the checkpoints of an
+    ensemble of several runs, which the CLI loads into the model itself.
     """
     command = args[0]
     option = "--resume" if command == "fit" else "--run"
-    run_dir, rest = _take_option(args, option)
-    if run_dir is None:
-        return args, None
+    given, rest = _take_option(args, option)
+    if not given:
+        return args, None, []
     if "--config" in rest or "--ckpt_path" in rest:
         raise CheckpointError(
             f"{option} RUN_DIR takes the run's own config and checkpoint: give overrides only "
             f"(resnext3d {command} {option} RUN_DIR [--data.data_dir DIR ...])"
         )
-    run_dir = Path(run_dir).resolve()
     if command == "fit":
+        if len(given) > 1:
+            raise CheckpointError(f"--resume continues one run, not {len(given)}")
+        run_dir = Path(given[0]).resolve()
         if owner is not None:
             resume_files(run_dir)  # a run that cannot be resumed is named before it is locked
             owner.enter_context(RunLock(run_dir))
         config, checkpoint = prepare_resume(run_dir) if owner else resume_files(run_dir)
-    else:
-        config, checkpoint = run_dir / CONFIG_FILE, best_checkpoint(run_dir)
-    return [command, "--config", str(config), "--ckpt_path", str(checkpoint), *rest[1:]], run_dir
+        run_args = [command, "--config", str(config), "--ckpt_path", str(checkpoint)]
+        return [*run_args, *rest[1:]], run_dir, []
+    runs = [run for path in given for run in _runs_in(Path(path).resolve())]
+    config, checkpoints = runs[0] / CONFIG_FILE, [best_checkpoint(run) for run in runs]
+    if len(runs) == 1:  # as without ensembles: Lightning loads the checkpoint
+        run_args = [command, "--config", str(config), "--ckpt_path", str(checkpoints[0])]
+        return [*run_args, *rest[1:]], runs[0], []
+    return [command, "--config", str(config), *rest[1:]], runs[0], checkpoints
 
 
-def _take_option(args: list[str], option: str) -> tuple[str | None, list[str]]:
-    """The value of `option` (``--option VALUE`` or ``--option=VALUE``) and the other args."""
+def _runs_in(path: Path) -> list[Path]:
+    """`path` if it is a run directory (it has a config), else its sub-folders that hold a
+    trained run (a config and a last checkpoint), e.g. a cross-validation's folds: the runs
+    that earlier ensembles wrote their predictions into beside them are no members."""
+    if (path / CONFIG_FILE).is_file() or not path.is_dir():
+        return [path]  # one that cannot be used is named by best_checkpoint
+    runs = sorted(
+        sub
+        for sub in path.iterdir()
+        if (sub / CONFIG_FILE).is_file() and (sub / LAST_CHECKPOINT).is_file()
+    )
+    if not runs:
+        raise CheckpointError(
+            f"{path}: not a run directory (no {CONFIG_FILE}), nor a folder of trained runs (no "
+            f"sub-folder has a {CONFIG_FILE} and a {LAST_CHECKPOINT})"
+        )
+    return runs
+
+
+def _take_option(args: list[str], option: str) -> tuple[list[str], list[str]]:
+    """The values of `option` (``--option VALUE [VALUE ...]``, up to the next ``--`` argument, or
+    ``--option=VALUE``) and the other args."""
     for index, arg in enumerate(args):
         if arg == option:
-            if index + 1 >= len(args):
+            values = list(itertools.takewhile(lambda a: not a.startswith("--"), args[index + 1 :]))
+            if not values:
                 raise CheckpointError(f"{option} needs a run directory")
-            return args[index + 1], args[:index] + args[index + 2 :]
+            return values, args[:index] + args[index + 1 + len(values) :]
         if arg.startswith(f"{option}="):
-            return arg.partition("=")[2], args[:index] + args[index + 1 :]
-    return None, args
+            return [arg.partition("=")[2]], args[:index] + args[index + 1 :]
+    return [], args
 
 
 def models_command(argv: list[str]) -> None:
@@ -480,6 +560,8 @@ training (Lightning CLI; `resnext3d fit --help` for every option):
   fit, validate, test, predict   e.g. resnext3d fit --config experiments/brats_cls.yaml
   fit --resume RUN_DIR            continue a run in its own directory from its last.ckpt
   validate|test|predict --run RUN_DIR   the run's config and best checkpoint
+  validate|test|predict --run RUN_DIR RUN_DIR ...   the ensemble of the runs' best checkpoints
+                                  (mean probabilities); a folder of runs (e.g. the folds) too
 tools:
   models       every preset with parameters and GMACs at an input size
   complexity   the paper's Table 2 for a conv2 block, in 2D and 3D

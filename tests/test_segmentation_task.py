@@ -26,13 +26,20 @@ SMALL = [
 
 
 def test_fit_logs_region_metrics_and_saves_a_figure(tiny_phantom, in_tmp_dir):
-    main(["fit", "--config", str(CONFIG), "--data.init_args.data_dir", str(tiny_phantom), *SMALL])
+    main(["fit", "--config", str(CONFIG), "--data.init_args.data_dir", str(tiny_phantom), *SMALL,
+          "--monitor", "val/lesion_dice_mean"])  # fmt: skip
     (run,) = (in_tmp_dir / "runs" / "brats_seg").iterdir()
     with (run / "metrics.csv").open() as handle:
         columns = set(next(csv.reader(handle)))
     for region in ("tc", "wt", "et", "mean"):
         assert {f"val/dice_{region}", f"val/hd95_{region}"} <= columns
+        assert {f"val/lesion_dice_{region}", f"val/lesion_hd95_{region}"} <= columns
     assert (run / "figures" / "val_epoch000.png").stat().st_size > 10_000
+    # The challenge's ranking metric chosen as the checkpoints' monitor.
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [s for k, s in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["monitor"] == "val/lesion_dice_mean"
+    assert state["best_model_score"] is not None
 
 
 def test_predict_writes_masks_on_the_input_grid_in_release_values(tiny_phantom, in_tmp_dir):

@@ -113,6 +113,11 @@ def region_scores(
             f"got {prediction.shape} and {reference.shape}"
         )
     spacing = tuple(float(mm) for mm in spacing)  # MONAI takes a sequence of one number type
+    # Everything below happens within reach of the masks: cropped to them, with room for the
+    # dilation and a background voxel beyond it, a tumour in a whole head is scored 10-40 times
+    # faster, with the same components, distances and so scores.
+    box = _masks_box(prediction | reference, margin=dilation_iterations + 1)
+    prediction, reference = prediction[box], reference[box]
     dice, hd95 = _dice_and_hd95(prediction, reference, spacing)
 
     # Dilating the whole reference dilates each of its components, and those whose dilations
@@ -186,6 +191,18 @@ def _dice_and_hd95(
             spacing=spacing,
         )
     return float(2 * overlap / (predicted_voxels + reference_voxels)), float(hd95)
+
+
+def _masks_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The box around `mask`'s voxels widened by `margin` voxels (within the volume); the
+    whole volume where the mask is empty."""
+    voxels = np.nonzero(mask)
+    if not voxels[0].size:
+        return tuple(slice(None) for _ in mask.shape)
+    return tuple(
+        slice(max(int(axis.min()) - margin, 0), min(int(axis.max()) + margin + 1, size))
+        for axis, size in zip(voxels, mask.shape, strict=True)
+    )
 
 
 def _enclosing_box(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...]:

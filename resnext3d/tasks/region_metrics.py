@@ -1,4 +1,5 @@
-"""Per-region Dice and HD95 of whole volumes, as one torchmetrics Metric."""
+"""Per-region Dice and HD95 of whole volumes, legacy and lesion-wise, as one torchmetrics
+Metric."""
 
 from __future__ import annotations
 
@@ -10,27 +11,46 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from resnext3d.evaluation import GLIOMA_DILATION_ITERATIONS, MIN_LESION_MM3, region_scores
+
+KINDS = ("dice", "hd95", "lesion_dice", "lesion_hd95")
+
 
 class RegionMetrics(Metric):
-    """Dice and the 95th-percentile Hausdorff distance (mm) of each region, per case.
+    """Dice and the 95th-percentile Hausdorff distance (mm) of each region, per case, of the
+    whole region (legacy) and lesion by lesion (the BraTS 2023 ranking metric:
+    :mod:`resnext3d.evaluation.lesionwise`).
 
-    Dice follows the BraTS convention (an empty region predicted empty scores 1). HD95 is
-    undefined, NaN, where the truth or the prediction is empty, and left out of every mean.
-    ``compute`` returns ``dice_<region>`` and ``hd95_<region>`` (means over cases) and
-    ``dice_mean``/``hd95_mean`` (means over cases of each case's mean over regions). Cases are
-    kept, not running sums, so a distributed run gathers every rank's cases once.
+    Legacy Dice follows the BraTS convention (an empty region predicted empty scores 1); legacy
+    HD95 is undefined, NaN, where the truth or the prediction is empty, and left out of every
+    mean. Lesion-wise scores are always defined (a missed lesion or a false positive scores Dice
+    0 and HD95 374 mm). ``compute`` returns ``dice_<region>``, ``hd95_<region>``,
+    ``lesion_dice_<region>`` and ``lesion_hd95_<region>`` (means over cases) and
+    ``dice_mean``, ``hd95_mean``, ``lesion_dice_mean``, ``lesion_hd95_mean`` (means over cases of
+    each case's mean over regions). Cases are kept, not running sums, so a distributed run
+    gathers every rank's cases once.
 
     Args:
         region_names: the regions in channel order, e.g. ``["TC", "WT", "ET"]``.
+        lesion_dilation_iterations: how far apart (in dilations) lesions still count as one: 3
+            for gliomas, as the challenge scores them.
+        min_lesion_mm3: lesions this small or smaller are left out of the lesion-wise scores.
     """
 
     full_state_update = False
 
-    def __init__(self, region_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        region_names: Sequence[str],
+        lesion_dilation_iterations: int = GLIOMA_DILATION_ITERATIONS,
+        min_lesion_mm3: float = MIN_LESION_MM3,
+    ) -> None:
         super().__init__()
         self.region_names = [name.lower() for name in region_names]
-        self.add_state("dice", default=[], dist_reduce_fx="cat")
-        self.add_state("hd95", default=[], dist_reduce_fx="cat")
+        self.lesion_dilation_iterations = lesion_dilation_iterations
+        self.min_lesion_mm3 = min_lesion_mm3
+        for kind in KINDS:
+            self.add_state(kind, default=[], dist_reduce_fx="cat")
 
     def update(
         self, masks: torch.Tensor, targets: torch.Tensor, spacing: Sequence[float] | None
@@ -46,10 +66,28 @@ class RegionMetrics(Metric):
                 masks, targets, percentile=95, include_background=True, spacing=spacing
             )
         self.hd95.append(torch.where(torch.isfinite(hd95), hd95, torch.nan).to(masks.device))
+        lesion_scores = [
+            [
+                region_scores(
+                    mask.numpy(),
+                    target.numpy(),
+                    spacing or [1.0] * (masks.ndim - 2),
+                    self.lesion_dilation_iterations,
+                    self.min_lesion_mm3,
+                )
+                for mask, target in zip(case_masks, case_targets, strict=True)
+            ]
+            for case_masks, case_targets in zip(
+                masks.bool().cpu(), targets.bool().cpu(), strict=True
+            )
+        ]
+        for kind in ("lesion_dice", "lesion_hd95"):
+            values = [[getattr(scores, kind) for scores in case] for case in lesion_scores]
+            getattr(self, kind).append(torch.tensor(values, device=masks.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
         values = {}
-        for kind in ("dice", "hd95"):
+        for kind in KINDS:
             cases = dim_zero_cat(getattr(self, kind))  # (cases, regions)
             for channel, name in enumerate(self.region_names):
                 values[f"{kind}_{name}"] = cases[:, channel].nanmean()
