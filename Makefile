@@ -27,6 +27,7 @@ ARGS ?=
 LOGGER ?=
 RUN ?=
 STUDY ?=
+FOLDS ?= 5
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -44,7 +45,7 @@ EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
 STUDIES := $(sort $(basename $(notdir $(wildcard experiments/studies/*.yaml))))
 
-.PHONY: help install lock test test-latest test-slow lint train check-data resume study models bench bench-seg clean
+.PHONY: help install lock test test-latest test-slow lint train check-data resume study cv models bench bench-seg clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -134,6 +135,13 @@ study: install ## cardinality at equal complexity, one run per variant and seed:
 		echo "make study: unknown study '$(STUDY)'. Choose one of: $(STUDIES)" >&2; \
 		echo "  e.g. make study STUDY=$(firstword $(STUDIES))" >&2; exit 2; fi
 	$(BIN)/resnext3d study experiments/studies/$(STUDY).yaml $(ARGS)
+
+cv: install ## k-fold cross-validation, one run per fold, best scores mean ± std: make cv EXP=<name> [FOLDS=5] [DATA=dir] [ARGS=...]
+	@if [ -z "$(EXP)" ] || [ ! -f "experiments/$(EXP).yaml" ]; then \
+		echo "make cv: unknown experiment '$(EXP)'. Choose one of: $(EXPERIMENTS)" >&2; \
+		echo "  e.g. make cv EXP=$(firstword $(EXPERIMENTS)) FOLDS=5" >&2; exit 2; fi
+	$(BIN)/resnext3d cv --config experiments/$(EXP).yaml --folds $(FOLDS) \
+		$(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
 
 bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
 	$(BIN)/python -m benchmarks.bench $(ARGS)

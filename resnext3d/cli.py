@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from resnext3d.crossval import cv_main
 from resnext3d.data.checks import check_data_main
 from resnext3d.data.errors import DataError
 from resnext3d.data.phantom import phantom_main
@@ -542,6 +543,10 @@ def study_command(argv: list[str]) -> None:
     sys.exit(study_main(argv))
 
 
+def cv_command(argv: list[str]) -> None:
+    sys.exit(cv_main(argv))
+
+
 def evaluate_command(argv: list[str]) -> None:
     sys.exit(evaluate_main(argv))
 
@@ -552,6 +557,7 @@ TOOLS = {
     "phantom": phantom_command,
     "check-data": check_data_command,
     "study": study_command,
+    "cv": cv_command,
     "evaluate": evaluate_command,
 }
 USAGE = """usage: resnext3d COMMAND [options]
@@ -571,6 +577,9 @@ tools:
                resnext3d check-data DIR [--task classification|segmentation] [--labels CSV ...]
   study        cardinality at equal complexity, one fit per variant and seed, with results:
                resnext3d study experiments/studies/cpu_phantom.yaml [--print-commands]
+  cv           k-fold cross-validation, one fit per fold, with each fold's best scores:
+               resnext3d cv --config experiments/brats_seg.yaml --folds 5 [overrides]
+               [--out DIR] [--print-commands] [--slurm] [--task N]
   evaluate     score predicted label maps as the BraTS challenge does (legacy and lesion-wise
                Dice and HD95 per region): resnext3d evaluate PREDICTIONS REFERENCES
                [--release auto|brats2021|brats2023|decathlon] [--out CSV] [--allow-missing]

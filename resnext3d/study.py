@@ -23,19 +23,13 @@ that it saves its state) and the study, which exits 128 + the signal's number wi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import ctypes
 import json
 import math
-import os
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +41,23 @@ import yaml
 from resnext3d.models import count_macs, count_parameters
 from resnext3d.models.complexity import bottleneck_parameters, equal_complexity_width
 from resnext3d.models.resnext import ResNeXt
+from resnext3d.sweep import (
+    FINISHED_FILE,
+    FinishedRun,
+    SweepRun,
+    SweepStopped,
+    best_score,
+    format_value,
+    read_yaml,
+    run_loggers,
+    run_state,
+    slurm_array_script,
+    std,
+    stopped_by_signals,
+)
+from resnext3d.sweep import train as train_runs
 
-DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
 EXPERIMENTS = Path("experiments")
-# Written by a run's StudyRun callback when its fit completes: the run is finished.
-FINISHED_FILE = "study-run.json"
 TAGS_FILE = "tags.json"
 RUN_CONFIG = "run.yaml"
 LOG_FILE = "study.log"
@@ -61,34 +67,19 @@ STUDY_KEYS = {
     "overrides",
 }  # fmt: skip
 DOUBLE_KEYS = {"cardinality", "layers", "block_complexity"}
-# A scheduler's or `kill`'s SIGTERM and a terminal's Ctrl-C stop the study and the fit it runs.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Seconds a stopped fit has to save its state and exit before its processes are killed.
-STOP_GRACE_SECONDS = 60.0
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class StudyError(Exception):
     """A study config or run directory that cannot be used; the message names the file."""
 
 
-class StudyStopped(Exception):
-    """A stop signal reached the study. `fit_status` is the exit status of the fit it stopped,
-    None where none was running."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.fit_status: int | None = None
-
-
-class StudyRun(L.Callback):
+class StudyRun(FinishedRun):
     """Logs a study run's tags to every logger and times its training steps.
 
     Seconds per step are the wall time from a training batch's start to its end (forward,
     backward, optimizer step; not data loading, validation or start-up), summed over the run's
     steps but the first of each process, which pays for one-time initialisation. The sums live in
-    the checkpoint, so a resumed run continues them. When the fit completes, ``study-run.json`` in
+    the checkpoint, so a resumed run continues them. When the fit completes, ``finished.json`` in
     the run directory marks the run finished and holds the timing.
 
     Args:
@@ -128,12 +119,13 @@ class StudyRun(L.Callback):
         self.steps += 1
         self.seconds += elapsed
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and trainer.default_root_dir:
-            record = {"tags": self.tags, "train_steps_timed": self.steps}
-            record["seconds_per_step"] = self.seconds / self.steps if self.steps else None
-            path = Path(trainer.default_root_dir) / FINISHED_FILE
-            path.write_text(json.dumps(record, indent=1) + "\n")
+    def record(self) -> dict[str, Any]:
+        seconds_per_step = self.seconds / self.steps if self.steps else None
+        return {
+            "tags": self.tags,
+            "train_steps_timed": self.steps,
+            "seconds_per_step": seconds_per_step,
+        }
 
 
 @dataclass(frozen=True)
@@ -335,33 +327,13 @@ def write_run_config(study: Study, run: Run) -> Path:
 def _run_loggers(study: Study, run: Run) -> list[dict] | bool:
     """The loggers the run's configs choose (defaults, base, overrides: the last to set them),
     each writing into the run's directory, wandb with the run's tags."""
-    loggers: Any = None
-    for config in [*(_read_yaml(path) for path in [DEFAULTS, *study.base]), study.overrides]:
-        chosen = (config.get("trainer") or {}).get("logger")
-        if chosen is not None:
-            loggers = chosen
-    if loggers in (None, False):
-        return False
-    loggers = loggers if isinstance(loggers, list) else [loggers]
-    placed = []
-    for logger in loggers:
-        logger = {"class_path": logger} if isinstance(logger, str) else dict(logger)
-        init_args = dict(logger.get("init_args") or {})
-        if logger["class_path"].endswith("WandbLogger"):
-            # The CLI puts its files into the run directory.
-            init_args.update(
-                name=f"{study.name}/{run.name}",
-                group=study.name,
-                tags=[f"{key}={value}" for key, value in run.tags.items()],
-            )
-        else:
-            init_args.update(save_dir=str(study.out_dir.resolve()), name="runs", version=run.name)
-        placed.append({**logger, "init_args": init_args})
-    return placed
-
-
-def _read_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
+    configs = [*(read_yaml(path) for path in study.base), study.overrides]
+    wandb = {
+        "name": f"{study.name}/{run.name}",
+        "group": study.name,
+        "tags": [f"{key}={value}" for key, value in run.tags.items()],
+    }
+    return run_loggers(configs, study.run_dir(run), wandb)
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -374,151 +346,23 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def run_state(run_dir: Path) -> str:
-    """ "finished", "resumable" (killed after a checkpoint), or "new" (nothing to continue)."""
-    if (run_dir / FINISHED_FILE).is_file():
-        return "finished"
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return "resumable"
-    return "new"
-
-
-def launch(study: Study, run: Run) -> int:
-    """Run `run` to completion in a subprocess unless it is finished; return its exit status.
-
-    Its output goes to ``study.log`` in its directory. A StudyStopped raised while the fit runs
-    stops it (:func:`stop_fit`) before it propagates."""
-    run_dir = study.run_dir(run)
-    state = run_state(run_dir)
-    if state == "finished":
-        return 0
-    if state == "resumable":
-        arguments = ["fit", "--resume", str(run_dir)]
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first checkpoint
-        write_run_config(study, run)
-        arguments = fit_arguments(study, run)
-    environment = dict(os.environ)
-    environment.pop("RESNEXT3D_RUN_VERSION", None)  # the run's directory is its own
-    with (run_dir / LOG_FILE).open("a") as log:
-        log.write(f"$ resnext3d {shlex.join(arguments)}\n")
-        log.flush()
-        fit = subprocess.Popen(
-            [sys.executable, "-m", "resnext3d", *arguments],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            # A session, and so a process group, of its own: a terminal's Ctrl-C, which goes to
-            # the whole foreground group, reaches the study alone, which forwards it once (in the
-            # study's group the fit would get it twice, the second while saving its state); and
-            # the group holds the fit's data-loader workers and DDP ranks, to kill with it.
-            start_new_session=True,
-            preexec_fn=_parent_death_signal(),
-        )
-        try:
-            return fit.wait()
-        except StudyStopped as stopped:
-            stopped.fit_status = stop_fit(fit, stopped.signum)
-            raise
-
-
-def stop_fit(fit: subprocess.Popen, signum: int, grace: float = STOP_GRACE_SECONDS) -> int:
-    """Forward `signum` to the fit, which saves its state and exits; kill its process group
-    if it has not exited after `grace` seconds, or at once at a second stop signal. Returns the
-    fit's exit status."""
-    fit.send_signal(signum)
-    try:
-        return fit.wait(timeout=grace)
-    except (subprocess.TimeoutExpired, StudyStopped):
-        # Not yet reaped, so the group's id (the fit's pid) cannot have been reused.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(fit.pid, signal.SIGKILL)
-        return fit.wait()
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, what the fit's process runs before the fit: it is to get SIGTERM when the
-    study's process dies, even of SIGKILL, rather than train on as an orphan that a rerun of the
-    study would resume beside it. Elsewhere, None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no imports after fork
-    study_pid = os.getpid()
-
-    def terminate_with_study() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        if os.getppid() != study_pid:  # the study died before prctl, so no signal would come
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return terminate_with_study
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise StudyStopped(signum)
-
-
-@contextlib.contextmanager
-def stopped_by_signals() -> Iterator[None]:
-    """Within: SIGTERM and SIGINT (rather than KeyboardInterrupt) raise StudyStopped wherever
-    the study is, waiting for a fit in the first place."""
-    previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def train(study: Study, runs: Sequence[Run]) -> list[Run]:
-    """Train the runs that have not finished, one after the other; return those that failed.
-
-    A failed run does not stop the others (a sweep's other runs are worth having); StudyStopped
-    does, after stopping the running fit."""
-    failed = []
-    action = {"finished": "finished, skipped", "resumable": "resuming", "new": "training"}
-    for index, run in enumerate(runs, 1):
-        run_dir = study.run_dir(run)
-        state = run_state(run_dir)
-        print(f"[{index}/{len(runs)}] {run.name}: {action[state]}", flush=True)
-        if state == "finished":
-            continue
-        started = time.monotonic()
-        log = run_dir / LOG_FILE
-        try:
-            status = launch(study, run)
-        except StudyStopped as stopped:
-            fit = "" if stopped.fit_status is None else f", its fit {_ended(stopped.fit_status)}"
-            print(f"  stopped by {stopped}{fit}; its output: {log}", file=sys.stderr)
-            raise
-        if status == 0 and run_state(run_dir) == "finished":
-            print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
-        else:
-            failed.append(run)
-            ended = _ended(status) if status else "exited 0 without completing"
-            print(f"  failed: its fit {ended}; its output: {log}", file=sys.stderr, flush=True)
-    return failed
+    """Train the runs that have not finished, one after the other; return those that failed
+    (:func:`resnext3d.sweep.train`)."""
+    failed = train_runs([_sweep_run(study, run) for run in runs])
+    failed_names = {sweep_run.name for sweep_run in failed}
+    return [run for run in runs if run.name in failed_names]
 
 
-def _ended(status: int) -> str:
-    """How a process with exit status `status` (Popen's: -N for signal N) ended."""
-    return f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited {status}"
+def _sweep_run(study: Study, run: Run) -> SweepRun:
+    def start() -> list[str]:
+        write_run_config(study, run)
+        return fit_arguments(study, run)
+
+    return SweepRun(run.name, study.run_dir(run), LOG_FILE, start)
 
 
 # Results.
-
-
-def best_score(run_dir: Path) -> tuple[str, float] | None:
-    """The monitored metric's name and best value, from the ModelCheckpoint state in the run's
-    last.ckpt."""
-    path = run_dir / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            return state["monitor"], float(state["best_model_score"])
-    return None
 
 
 def variant_complexity(study: Study, variant: Variant) -> tuple[int, float]:
@@ -570,7 +414,7 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
                 "seconds_per_step": sum(seconds) / len(seconds) if seconds else math.nan,
                 "metric": metric or "",
                 "mean": sum(scores) / len(scores) if scores else math.nan,
-                "std": _std(scores),
+                "std": std(scores),
                 "runs": len(scores),
                 "values": values,
                 "failed": [_replicate(run) for run in runs if run in failed],
@@ -582,14 +426,6 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
 def _replicate(run: Run) -> str:
     """The run's seed (and fold): its column in the results, e.g. "seed0"."""
     return run.name.removeprefix(run.variant.name + "-")
-
-
-def _std(values: Sequence[float]) -> float:
-    """The sample standard deviation; NaN for fewer than two values."""
-    if len(values) < 2:
-        return math.nan
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def write_results(study: Study, rows: list[dict]) -> list[Path]:
@@ -616,14 +452,14 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
     ]
     for row in rows:
         values = [
-            "failed" if name in row["failed"] else _format(row["values"].get(name))
+            "failed" if name in row["failed"] else format_value(row["values"].get(name))
             for name in replicates
         ]
         lines.append(
             f"| {row['group']} | {row['C']} | {row['d']} | {row['depth']} | "
             f"{row['parameters'] / 1e6:.2f} | {row['gmacs']:.3f} | "
-            f"{_format(row['seconds_per_step'], 3)} | "
-            f"{_format(row['mean'])} ± {_format(row['std'])} ({row['runs']}) | "
+            f"{format_value(row['seconds_per_step'], 3)} | "
+            f"{format_value(row['mean'])} ± {format_value(row['std'])} ({row['runs']}) | "
             f"{' | '.join(values)} |"
         )
     md_path = study.out_dir / "results.md"
@@ -631,10 +467,6 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
     png_path = study.out_dir / "results.png"
     plot_results(rows, metric, png_path, title=study.name)
     return [csv_path, md_path, png_path]
-
-
-def _format(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
@@ -702,29 +534,15 @@ def _plot_seeds(axes, positions: Sequence[float], rows: list[dict]) -> None:
 
 def slurm_script(study: Study, config: Path) -> str:
     """An sbatch script that runs every run of the study as one task of a job array."""
-    count = len(study.runs)
     out_dir = study.out_dir.resolve()
     command = [
-        sys.executable, "-m", "resnext3d", "study", str(config.resolve()),
-        "--out-dir", str(out_dir), "--task", "$SLURM_ARRAY_TASK_ID",
+        sys.executable, "-m", "resnext3d", "study", str(config.resolve()), "--out-dir", str(out_dir)
     ]  # fmt: skip
-    return f"""#!/bin/bash
-# {study.name}: {count} runs, one task each. Submit with `sbatch {study.name}.sbatch`; when every
-# task has ended, `resnext3d study {config} --out-dir {out_dir}` writes the results (it trains
-# only runs that did not finish). A task that is requeued or resubmitted resumes its run.
-#SBATCH --job-name={study.name}
-#SBATCH --array=0-{count - 1}
-#SBATCH --output={out_dir}/slurm/%A_%a.out
-#SBATCH --requeue
-# Resources of one run: adjust to the cluster and the experiment.
-#SBATCH --nodes=1
-#SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=1
-#SBATCH --cpus-per-task=8
-#SBATCH --time=24:00:00
-cd {shlex.quote(str(Path.cwd()))}
-srun {" ".join(shlex.quote(part) for part in command[:-1])} "$SLURM_ARRAY_TASK_ID"
-"""
+    afterwards = (
+        f"`resnext3d study {config} --out-dir {out_dir}` writes the results (it trains\n"
+        "# only runs that did not finish)"
+    )
+    return slurm_array_script(study.name, len(study.runs), out_dir, command, afterwards)
 
 
 def study_main(argv: Sequence[str] | None = None) -> int:
@@ -780,7 +598,7 @@ def study_main(argv: Sequence[str] | None = None) -> int:
             if args.task is None:
                 for path in write_results(study, collect(study, failed)):
                     print(f"wrote {path}")
-    except StudyStopped as stopped:
+    except SweepStopped as stopped:
         print(
             f"resnext3d study: stopped by {stopped}; no results written; the same command "
             "continues the study",

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from resnext3d import study as study_module
+from resnext3d import sweep
 from resnext3d.models import count_parameters
 from resnext3d.models.complexity import bottleneck_parameters, complexity_table
 from resnext3d.models.resnext import ResNeXt
@@ -329,7 +330,7 @@ def test_a_fit_that_ignores_the_stop_signal_is_killed_with_its_group_after_the_g
     worker = int(fit.stdout.readline())
     started = time.monotonic()
     try:
-        assert study_module.stop_fit(fit, signal.SIGTERM, grace=1.0) == -signal.SIGKILL
+        assert sweep.stop_fit(fit, signal.SIGTERM, grace=1.0) == -signal.SIGKILL
         assert 1.0 <= time.monotonic() - started < 10
         wait_until(lambda: not alive(worker), seconds=10, what="end of the fit's worker")
     finally:
