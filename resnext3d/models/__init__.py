@@ -4,6 +4,7 @@
 from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
+from resnext3d.models.ensemble import ProbabilityEnsemble
 from resnext3d.models.planning import UNET_PRESETS, PlannedResNeXtUNet, plan_strides
 from resnext3d.models.presets import PRESETS
 from resnext3d.models.registry import create_model, list_models
@@ -17,6 +18,7 @@ __all__ = [
     "Bottleneck",
     "FeatureInfo",
     "PlannedResNeXtUNet",
+    "ProbabilityEnsemble",
     "ResNeXt",
     "ResNeXtUNet",
     "count_macs",

@@ -28,6 +28,7 @@ INFERENCE_ARGUMENTS = (
     "threshold",
     "mirror_axes",
     "postprocessing",
+    "submission_names",
 )
 
 
@@ -56,6 +57,8 @@ class VolumeSegmenter(VolumeTask):
         postprocessing: cleans the masks of validation, test and predict (e.g.
             :class:`RegionPostprocessing`); validation and test then log each metric both raw
             and post-processed (``val/dice_et`` and ``val/dice_et_pp``).
+        submission_names: ``predict`` names its files ``<case_id>.nii.gz``, as a BraTS
+            challenge submission expects, instead of ``<case_id>_seg.nii.gz``.
         optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
@@ -72,6 +75,7 @@ class VolumeSegmenter(VolumeTask):
         threshold: float = 0.5,
         mirror_axes: Sequence[int] = (),
         postprocessing: RegionPostprocessing | None = None,
+        submission_names: bool = False,
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: ChannelsLast = "auto",
@@ -100,6 +104,7 @@ class VolumeSegmenter(VolumeTask):
         self.threshold = threshold
         self.mirror_axes = tuple(mirror_axes)
         self.postprocessing = postprocessing
+        self.submission_names = submission_names
         variants = ("", "_pp") if postprocessing is not None else ("",)
         self.region_metrics = nn.ModuleDict(
             {
@@ -195,7 +200,7 @@ class VolumeSegmenter(VolumeTask):
     def configure_callbacks(self) -> list[L.Callback]:
         return [
             *super().configure_callbacks(),
-            SegmentationWriter(self.threshold),
+            SegmentationWriter(self.threshold, self.submission_names),
             SegmentationFigures(self.class_names),
         ]
 

@@ -74,11 +74,18 @@ class SegmentationWriter(BasePredictionWriter):
 
     The region probabilities are mapped back through the inverse of the data module's
     ``predict_transforms`` (resampling included) before thresholding.
+
+    Args:
+        threshold: the probability above which a voxel belongs to a region.
+        submission_names: name the files ``<case_id>.nii.gz`` instead, as the BraTS challenges'
+            submissions name them (``BraTS-GLI-00001-000.nii.gz`` for BraTS 2023,
+            ``BraTS2021_00001.nii.gz`` for BraTS 2021).
     """
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, submission_names: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.threshold = threshold
+        self.suffix = ".nii.gz" if submission_names else "_seg.nii.gz"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # Here, not per batch: ranks may predict different numbers of batches, and finding the
@@ -97,7 +104,7 @@ class SegmentationWriter(BasePredictionWriter):
             inverted = self._invert(item)["prediction"]
             labels = regions_to_labels(inverted, item["release"], self.threshold)
             image = nib.Nifti1Image(labels[0].numpy().astype(np.uint8), inverted.affine.numpy())
-            nib.save(image, self.directory / f"{item['case_id']}_seg.nii.gz")
+            nib.save(image, self.directory / f"{item['case_id']}{self.suffix}")
 
 
 class SegmentationFigures(Callback):
