@@ -85,6 +85,7 @@ def test_the_ensemble_returns_the_logits_of_the_mean_probability():
     torch.testing.assert_close(identities(certain), certain)
 
 
+@pytest.mark.slow  # fits of their own: kept out of make test's minutes
 def test_an_ensemble_of_classifiers_predicts_the_mean_of_their_probabilities(
     tiny_phantom, tmp_path
 ):
@@ -102,6 +103,7 @@ def test_an_ensemble_of_classifiers_predicts_the_mean_of_their_probabilities(
     assert not np.allclose(alone[0], alone[1])  # two runs that differ
 
 
+@pytest.mark.slow  # fits of their own: kept out of make test's minutes
 def test_runs_of_another_architecture_or_task_are_named_in_one_line(
     tiny_phantom, classification_runs, segmentation_runs, capsys
 ):
