@@ -18,6 +18,10 @@ class KillAt(L.Callback):
     def __init__(self, epoch: int, batch: int, marker: str, signal_name: str = "SIGKILL") -> None:
         self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
         self.signal = signal.Signals[signal_name]
+        if self.signal == signal.SIGINT:
+            # As in a terminal's foreground process: one started in the background (a CI job's
+            # `cmd &`) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if (trainer.current_epoch, batch_idx) == (
