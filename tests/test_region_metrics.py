@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from monai.metrics import compute_hausdorff_distance
 
 from resnext3d.evaluation import WORST_HD95_MM, region_scores
 from resnext3d.tasks.region_metrics import RegionMetrics
@@ -50,3 +51,25 @@ def test_an_empty_region_predicted_empty_scores_one_lesion_wise_and_nan_legacy_h
     values = metrics.compute()
     assert values["lesion_dice_et"].item() == 1.0 and values["lesion_hd95_et"].item() == 0.0
     assert values["dice_et"].item() == 1.0 and math.isnan(values["hd95_et"].item())
+
+
+def test_legacy_hd95_is_monais_on_the_whole_volume():
+    target = cube((3, 3, 3), size=8)[None, None]
+    mask = cube((4, 3, 2), size=7)[None, None]
+    metrics = RegionMetrics(["WT"])
+    metrics.update(mask, target, [1.0, 1.0, 3.0])
+    expected = compute_hausdorff_distance(mask, target, percentile=95, spacing=[1.0, 1.0, 3.0])
+    assert metrics.compute()["hd95_wt"].item() == pytest.approx(expected.item())
+
+
+def test_slices_are_scored_with_2d_neighbourhoods():
+    target = torch.zeros(1, 1, 32, 32)
+    target[0, 0, 2:10, 2:10] = 1
+    target[0, 0, 20:28, 20:28] = 1  # a second lesion, far from the first: missed
+    mask = torch.zeros_like(target)
+    mask[0, 0, 2:10, 2:10] = 1
+    metrics = RegionMetrics(["WT"])
+    metrics.update(mask, target, [1.0, 1.0])
+    values = metrics.compute()
+    assert values["lesion_dice_wt"].item() == pytest.approx(0.5)
+    assert values["dice_wt"].item() == pytest.approx(2 * 64 / (64 + 128))

@@ -47,9 +47,6 @@ MIN_LESION_MM3 = 50.0
 # The organisers' HD95 where none can be measured: about the diagonal of BraTS's 240×240×155 mm.
 WORST_HD95_MM = 374.0
 
-_COMPONENT_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26 neighbours
-_DILATION_STRUCTURE = ndimage.generate_binary_structure(3, 2)  # 18 neighbours
-
 
 @dataclass(frozen=True)
 class RegionScores:
@@ -105,13 +102,17 @@ def region_scores(
     dilation_iterations: int = GLIOMA_DILATION_ITERATIONS,
     min_lesion_mm3: float = MIN_LESION_MM3,
 ) -> RegionScores:
-    """Legacy and lesion-wise scores of one region: 3-D masks of one shape (see module doc)."""
+    """Legacy and lesion-wise scores of one region: 3-D masks of one shape (see module doc), or
+    2-D ones (slices), whose neighbourhoods are the 2-D analogues (8 and 4 neighbours)."""
     prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
-    if prediction.ndim != 3 or prediction.shape != reference.shape:
+    if prediction.ndim not in (2, 3) or prediction.shape != reference.shape:
         raise ValueError(
-            f"prediction and reference must be 3-D masks of one shape, "
+            f"prediction and reference must be 2-D or 3-D masks of one shape, "
             f"got {prediction.shape} and {reference.shape}"
         )
+    # Components: every neighbour (26 in 3-D); dilation: faces and edges (18 in 3-D).
+    connectivity = ndimage.generate_binary_structure(prediction.ndim, prediction.ndim)
+    dilation = ndimage.generate_binary_structure(prediction.ndim, 2)
     spacing = tuple(float(mm) for mm in spacing)  # MONAI takes a sequence of one number type
     # Everything below happens within reach of the masks: cropped to them, with room for the
     # dilation and a background voxel beyond it, a tumour in a whole head is scored 10-40 times
@@ -122,12 +123,10 @@ def region_scores(
 
     # Dilating the whole reference dilates each of its components, and those whose dilations
     # touch form one component of the result: labelling it finds the merged lesions at once.
-    dilated = ndimage.binary_dilation(
-        reference, structure=_DILATION_STRUCTURE, iterations=dilation_iterations
-    )
-    dilated_lesions, lesion_count = ndimage.label(dilated, structure=_COMPONENT_CONNECTIVITY)
+    dilated = ndimage.binary_dilation(reference, structure=dilation, iterations=dilation_iterations)
+    dilated_lesions, lesion_count = ndimage.label(dilated, structure=connectivity)
     lesions = np.where(reference, dilated_lesions, 0)
-    components, component_count = ndimage.label(prediction, structure=_COMPONENT_CONNECTIVITY)
+    components, component_count = ndimage.label(prediction, structure=connectivity)
     touching = (dilated_lesions > 0) & (components > 0)
     lesion_of_match, matching_component = np.unique(
         np.stack([dilated_lesions[touching], components[touching]]), axis=1
