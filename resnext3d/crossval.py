@@ -33,16 +33,14 @@ import yaml
 
 from resnext3d.sweep import (
     SweepRun,
-    SweepStopped,
     best_score,
     format_value,
     read_yaml,
     run_loggers,
     run_state,
+    run_sweep,
     slurm_array_script,
     std,
-    stopped_by_signals,
-    train,
 )
 
 LOG_FILE = "cv.log"
@@ -311,27 +309,14 @@ def cv_main(argv: Sequence[str] | None = None) -> int:
         folds = [args.task]
 
     print(f"resnext3d cv: {cv.num_folds} folds in {cv.out_dir}", flush=True)
-    try:
-        with stopped_by_signals():
-            runs = {fold: sweep_run(cv, fold) for fold in folds}
-            failed_runs = train(list(runs.values()))
-            failed = [fold for fold, run in runs.items() if run in failed_runs]
-            if args.task is None:
-                metrics, rows = collect(cv, failed)
-                paths = write_results(cv, metrics, rows)
-                print(paths[1].read_text(), end="")
-                for path in paths:
-                    print(f"wrote {path}")
-    except SweepStopped as stopped:
-        print(
-            f"resnext3d cv: stopped by {stopped}; no summary written; the same command continues "
-            "the cross-validation",
-            file=sys.stderr,
-        )
-        return 128 + stopped.signum
-    if failed:
-        print(f"resnext3d cv: {len(failed)} of {len(folds)} folds failed:", file=sys.stderr)
-        for run in failed_runs:
-            print(f"  {run.name}: {run.log}", file=sys.stderr)
-        return 1
-    return 0
+    runs = {fold: sweep_run(cv, fold) for fold in folds}
+
+    def summarise(failed_runs: list[SweepRun]) -> None:
+        failed = [fold for fold, run in runs.items() if run in failed_runs]
+        metrics, rows = collect(cv, failed)
+        paths = write_results(cv, metrics, rows)
+        print(paths[1].read_text(), end="")
+        for path in paths:
+            print(f"wrote {path}")
+
+    return run_sweep("cv", "folds", list(runs.values()), summarise if args.task is None else None)

@@ -45,17 +45,15 @@ from resnext3d.sweep import (
     FINISHED_FILE,
     FinishedRun,
     SweepRun,
-    SweepStopped,
     best_score,
     format_value,
     read_yaml,
     run_loggers,
     run_state,
+    run_sweep,
     slurm_array_script,
     std,
-    stopped_by_signals,
 )
-from resnext3d.sweep import train as train_runs
 
 EXPERIMENTS = Path("experiments")
 TAGS_FILE = "tags.json"
@@ -346,14 +344,6 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def train(study: Study, runs: Sequence[Run]) -> list[Run]:
-    """Train the runs that have not finished, one after the other; return those that failed
-    (:func:`resnext3d.sweep.train`)."""
-    failed = train_runs([_sweep_run(study, run) for run in runs])
-    failed_names = {sweep_run.name for sweep_run in failed}
-    return [run for run in runs if run.name in failed_names]
-
-
 def _sweep_run(study: Study, run: Run) -> SweepRun:
     def start() -> list[str]:
         write_run_config(study, run)
@@ -592,22 +582,12 @@ def study_main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--task must be 0 to {len(runs) - 1} for {args.config}")
         runs = [runs[args.task]]
 
-    try:
-        with stopped_by_signals():
-            failed = train(study, runs)
-            if args.task is None:
-                for path in write_results(study, collect(study, failed)):
-                    print(f"wrote {path}")
-    except SweepStopped as stopped:
-        print(
-            f"resnext3d study: stopped by {stopped}; no results written; the same command "
-            "continues the study",
-            file=sys.stderr,
-        )
-        return 128 + stopped.signum
-    if failed:
-        print(f"resnext3d study: {len(failed)} of {len(runs)} runs failed:", file=sys.stderr)
-        for run in failed:
-            print(f"  {run.name}: {study.run_dir(run) / LOG_FILE}", file=sys.stderr)
-        return 1
-    return 0
+    sweep_runs = [_sweep_run(study, run) for run in runs]
+
+    def summarise(failed_runs: list[SweepRun]) -> None:
+        failed_names = {sweep_run.name for sweep_run in failed_runs}
+        failed = [run for run in runs if run.name in failed_names]
+        for path in write_results(study, collect(study, failed)):
+            print(f"wrote {path}")
+
+    return run_sweep("study", "runs", sweep_runs, summarise if args.task is None else None)

@@ -199,6 +199,38 @@ def train(runs: Sequence[SweepRun]) -> list[SweepRun]:
     return failed
 
 
+def run_sweep(
+    command: str,
+    noun: str,
+    runs: Sequence[SweepRun],
+    summarise: Callable[[list[SweepRun]], None] | None,
+) -> int:
+    """Train `runs` (:func:`train`), SIGTERM and SIGINT stopping them, then `summarise` them,
+    given those that failed (None: an array task's share, summarised by a later whole run).
+
+    Returns the exit status: 0; 1 where a run failed (each named with its log); 128 + the
+    signal's number where one stopped the sweep, with nothing summarised (the same command
+    continues it). `command` and `noun` (e.g. "cv", "folds") name them in messages."""
+    try:
+        with stopped_by_signals():
+            failed = train(runs)
+            if summarise is not None:
+                summarise(failed)
+    except SweepStopped as stopped:
+        print(
+            f"resnext3d {command}: stopped by {stopped}; nothing summarised; the same command "
+            "continues",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
+    if failed:
+        print(f"resnext3d {command}: {len(failed)} of {len(runs)} {noun} failed:", file=sys.stderr)
+        for run in failed:
+            print(f"  {run.name}: {run.log}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _ended(status: int) -> str:
     """How a process with exit status `status` (Popen's: -N for signal N) ended."""
     return f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited {status}"
