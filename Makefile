@@ -35,6 +35,12 @@ LOCK := requirements/$(VARIANT).lock
 LATEST := .venv-latest
 UV_VENV := .venv-uv
 UV_STAMP := $(UV_VENV)/.uv-$(UV_VERSION)
+# The independent BraTS 2023 lesion-wise scorer that tests/test_evaluate_crosscheck.py checks
+# `resnext3d evaluate` against: its own environment, so none of the project's code or packages
+# (torch, MONAI) take part, from requirements/crosscheck.lock (hashed, as the main one).
+CROSSCHECK := .venv-crosscheck
+CROSSCHECK_LOCK := requirements/crosscheck.lock
+CROSSCHECK_STAMP := $(CROSSCHECK)/.installed
 MAIN_PACKAGES := torch|lightning|monai|torchmetrics|jsonargparse|numpy|nibabel|wandb
 # One universal resolution (markers for Python >= 3.10 and every OS) of pyproject.toml with the dev
 # extra and torch==$(TORCH_VERSION); torch itself is left out of the lock (installed by $(TORCH)).
@@ -81,11 +87,16 @@ $(VENV)/.install-args: FORCE
 .PHONY: FORCE
 FORCE:
 
-lock: $(UV_STAMP) ## refresh requirements/*.lock from pyproject.toml with uv (keeps pins that still fit; UPGRADE=1: newest)
+# crosscheck.lock takes the versions of the packages it shares with cpu.lock from there (-c), so
+# the two scorers differ in their code, not in their numpy or scipy.
+lock: $(UV_STAMP) ## refresh requirements/*.lock from pyproject.toml (crosscheck.lock from its .in) with uv (keeps pins that still fit; UPGRADE=1: newest)
 	echo "torch==$(TORCH_VERSION)" | $(UV_COMPILE) --config-file requirements/uv-cpu.toml -o requirements/cpu.lock
 	@if grep -qE '^(nvidia-|cuda-|triton)' requirements/cpu.lock; then \
 		echo "make lock: CUDA libraries in requirements/cpu.lock; update torch's CPU metadata in requirements/uv-cpu.toml" >&2; exit 1; fi
 	echo "torch==$(TORCH_VERSION)" | $(UV_COMPILE) --no-config -c requirements/cpu.lock -o requirements/cuda.lock
+	$(UV_VENV)/bin/uv pip compile --quiet --no-python-downloads requirements/crosscheck.in \
+		--universal --python-version 3.10 --generate-hashes --no-config -c requirements/cpu.lock \
+		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o $(CROSSCHECK_LOCK)
 
 $(UV_STAMP):
 	test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
@@ -104,8 +115,17 @@ test-latest: ## the tests against the newest versions pyproject.toml allows, in 
 	@$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^($(MAIN_PACKAGES))==' | sed 's/^/  /'
 	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-slow: install ## the tests marked slow (multi-process DDP, end-to-end benchmark)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+# RESNEXT3D_CROSSCHECK=required: the cross-check fails, rather than skips, without .venv-crosscheck.
+test-slow: install $(CROSSCHECK_STAMP) ## the tests marked slow (multi-process DDP, end-to-end benchmark, independent BraTS scorer)
+	RESNEXT3D_CROSSCHECK=required $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Exactly the locked versions (hashes checked, nothing resolved) and `pip check`, as for .venv.
+$(CROSSCHECK_STAMP): $(CROSSCHECK_LOCK)
+	test -x $(CROSSCHECK)/bin/python || $(PYTHON) -m venv $(CROSSCHECK)
+	$(CROSSCHECK)/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
+	$(CROSSCHECK)/bin/python -m pip install --quiet --no-deps --require-hashes -r $(CROSSCHECK_LOCK)
+	$(CROSSCHECK)/bin/python -m pip check
+	touch $@
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check resnext3d tests benchmarks
@@ -153,4 +173,4 @@ models: install ## list the encoder presets with parameters and GFLOPs
 	$(BIN)/resnext3d models
 
 clean: ## remove the virtual environments and caches (keeps data/ and runs/)
-	rm -rf $(VENV) $(LATEST) $(UV_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LATEST) $(UV_VENV) $(CROSSCHECK) .pytest_cache .ruff_cache *.egg-info
