@@ -6,10 +6,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 import resnext3d
 from resnext3d.cli import main
+from resnext3d.data import generate_phantom
+from resnext3d.evaluation.evaluate import evaluate_main
 from resnext3d.tasks import VolumeSegmenter
 from resnext3d.training.visualize import orthogonal_slices, tumour_centre
 
@@ -80,3 +83,39 @@ def test_figure_slices_pass_through_the_tumour():
     axial, coronal, sagittal = orthogonal_slices(masks[1], centre)
     assert axial.shape == (30, 20) and coronal.shape == (40, 20) and sagittal.shape == (40, 30)
     assert axial.sum() == coronal.sum() == sagittal.sum() == 25
+
+
+def test_validation_scores_what_predict_writes_as_evaluate_scores_it(tmp_path, in_tmp_dir):
+    """On a grid unlike the network's (flipped, anisotropic voxels), validation's per-case scores
+    are those of `resnext3d evaluate` on the label maps that predict writes."""
+    data = generate_phantom(tmp_path / "data", cases=6, shape=(40, 36, 24), spacing=(1.2, 1.0, 1.5))
+    # An untrained network near 0.5 everywhere: a threshold a little lower gives masks of many
+    # components, from which the lesion-wise scores have something to tell apart.
+    options = [*SMALL, "--data.init_args.data_dir", str(data), "--data.init_args.val_fraction",
+               "0.5", "--model.init_args.threshold", "0.49"]  # fmt: skip
+    main(["fit", "--config", str(CONFIG), *options])
+    (run,) = (in_tmp_dir / "runs" / "brats_seg").iterdir()
+    main(["validate", "--run", str(run), *options])
+    main(["predict", "--run", str(run), *options, "--data.init_args.predict_split", "val"])
+    validation, prediction = (
+        next((in_tmp_dir / "runs" / "brats_seg").glob(f"*/{name}"))
+        for name in ("scores/val_cases.csv", "predictions")
+    )
+    scores = in_tmp_dir / "evaluated.csv"
+    assert evaluate_main([str(prediction), str(data), "--allow-missing", "--out", str(scores)]) == 0
+
+    def rows(path):
+        with path.open() as handle:
+            return {row.pop("case_id"): row for row in csv.DictReader(handle)}
+
+    validated, evaluated = rows(validation), rows(scores)
+    assert len(validated) == 3
+    assert any(0 < float(row["dice_wt"]) < 1 for row in validated.values())  # not trivial
+    for case_id, row in validated.items():
+        assert evaluated[case_id]["prediction"] == f"{case_id}_seg.nii.gz"
+        for column, value in row.items():
+            assert float(evaluated[case_id][column]) == pytest.approx(float(value)), column
+    with (validation.parents[1] / "metrics.csv").open() as handle:
+        (logged,) = list(csv.DictReader(handle))
+    mean = np.mean([float(row["lesion_dice_wt"]) for row in validated.values()])
+    assert float(logged["val/lesion_dice_wt"]) == pytest.approx(mean, rel=1e-5)

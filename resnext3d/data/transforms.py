@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -32,6 +33,7 @@ from monai.transforms import (
     Resized,
     Spacingd,
     SpatialPadd,
+    SpatialResample,
 )
 from monai.utils import ensure_tuple
 
@@ -172,6 +174,17 @@ def segmentation_transforms(
         ),
     ]
     return Compose([*deterministic, *crops, *random_transforms(keys).transforms])
+
+
+def to_file_grid(volume: MetaTensor) -> MetaTensor:
+    """`volume` (channels, *spatial), derived from an image that :class:`LoadModalitiesd`
+    loaded, resampled (bilinear) onto the grid of the image's files: the inverse of
+    reorientation, resampling and cropping at once, from the affines alone. Unlike MONAI's
+    ``Invertd`` it needs neither the transforms that were applied nor their record, so it maps
+    back a volume read from a cache that another process wrote."""
+    shape = [int(size) for size in volume.meta["spatial_shape"]][: volume.ndim - 1]
+    resample = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+    return resample(volume, dst_affine=volume.meta["original_affine"], spatial_size=shape)
 
 
 @contextmanager

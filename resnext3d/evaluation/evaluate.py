@@ -44,11 +44,28 @@ _COLUMN_NAMES = {
     "false_negatives": "lesion_fn",
     "false_positives": "lesion_fp",
 }
-SCORE_COLUMNS = [
-    f"{_COLUMN_NAMES[field.name]}_{region.lower()}"
-    for region in REGIONS
-    for field in fields(RegionScores)
-]
+
+
+def score_columns(regions: Sequence[str]) -> list[str]:
+    """The CSV columns of the scores of `regions`: dice_tc, ..., lesion_fp_et."""
+    return [
+        f"{_COLUMN_NAMES[field.name]}_{region.lower()}"
+        for region in regions
+        for field in fields(RegionScores)
+    ]
+
+
+def score_row(case_id: str, scores: dict[str, RegionScores], **extra: object) -> dict[str, object]:
+    """One case's CSV row: its id, `extra` columns, then each region's scores."""
+    values = [value for region_scores in scores.values() for value in astuple(region_scores)]
+    return {
+        "case_id": case_id,
+        **extra,
+        **dict(zip(score_columns(scores), values, strict=True)),
+    }
+
+
+SCORE_COLUMNS = score_columns(REGIONS)
 COLUMNS = ["case_id", "prediction", *SCORE_COLUMNS]
 STATISTICS = ("mean", "std", "median")
 # Affines written by different tools from one grid differ by float32 rounding, far below this.
@@ -86,8 +103,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     summary_path = out.with_name(f"{out.stem}_summary.csv")
     summary = summarise(rows)
     try:
-        _write_csv(out, COLUMNS, rows)
-        _write_csv(summary_path, ["statistic", *SCORE_COLUMNS], summary)
+        write_csv(out, COLUMNS, rows)
+        write_csv(summary_path, ["statistic", *SCORE_COLUMNS], summary)
     except OSError as error:
         path = error.filename or out
         print(
@@ -280,9 +297,9 @@ def _score(
     for case_id, reference in sorted(references.items()):
         prediction = predictions.get(case_id)
         try:
-            expected, spacing = _read_label_map(reference.label_map)
+            expected, spacing = read_label_map(reference.label_map)
             predicted = (
-                np.zeros_like(expected) if prediction is None else _read_label_map(prediction)[0]
+                np.zeros_like(expected) if prediction is None else read_label_map(prediction)[0]
             )
             scores = case_scores(
                 predicted,
@@ -299,14 +316,12 @@ def _score(
             continue
         if prediction is None:
             scores = {region: _worst(region_scores) for region, region_scores in scores.items()}
-        row = {"case_id": case_id, "prediction": prediction.name if prediction else "missing"}
-        values = [value for region_scores in scores.values() for value in astuple(region_scores)]
-        row.update(zip(SCORE_COLUMNS, values, strict=True))
-        rows.append(row)
+        name = prediction.name if prediction else "missing"
+        rows.append(score_row(case_id, scores, prediction=name))
     return rows
 
 
-def _read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """The voxels and the spacing (mm) of a label map; DataError naming it if it cannot be read."""
     try:
         image = nib.load(path)
@@ -346,12 +361,14 @@ def _worst(scores: RegionScores) -> RegionScores:
     )
 
 
-def summarise(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+def summarise(
+    rows: Sequence[dict[str, object]], columns: Sequence[str] = SCORE_COLUMNS
+) -> list[dict[str, object]]:
     """Mean, sample standard deviation (NaN for one case) and median of each score column."""
     summary = []
     for statistic in STATISTICS:
         row: dict[str, object] = {"statistic": statistic}
-        for column in SCORE_COLUMNS:
+        for column in columns:
             values = np.array([case[column] for case in rows], dtype=float)
             if statistic == "mean":
                 row[column] = float(values.mean())
@@ -363,7 +380,7 @@ def summarise(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     return summary
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, object]]) -> None:
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)

@@ -6,10 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from resnext3d.evaluation import GLIOMA_DILATION_ITERATIONS, MIN_LESION_MM3, region_scores
+from resnext3d.evaluation import (
+    GLIOMA_DILATION_ITERATIONS,
+    MIN_LESION_MM3,
+    RegionScores,
+    region_scores,
+)
 
 KINDS = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 
@@ -26,7 +32,8 @@ class RegionMetrics(Metric):
     ``lesion_dice_<region>`` and ``lesion_hd95_<region>`` (means over cases) and
     ``dice_mean``, ``hd95_mean``, ``lesion_dice_mean``, ``lesion_hd95_mean`` (means over cases of
     each case's mean over regions). Cases are kept, not running sums, so a distributed run
-    gathers every rank's cases once.
+    gathers every rank's cases once; :meth:`case_scores` gives each named case's scores as the
+    challenge defines them (legacy HD95 374 mm where one side is empty, 0 where both are).
 
     Args:
         region_names: the regions in channel order, e.g. ``["TC", "WT", "ET"]``.
@@ -49,11 +56,17 @@ class RegionMetrics(Metric):
         self.min_lesion_mm3 = min_lesion_mm3
         for kind in KINDS:
             self.add_state(kind, default=[], dist_reduce_fx="cat")
+        self._named_cases: list[tuple[str, list[RegionScores]]] = []
 
     def update(
-        self, masks: torch.Tensor, targets: torch.Tensor, spacing: Sequence[float] | None
+        self,
+        masks: torch.Tensor,
+        targets: torch.Tensor,
+        spacing: Sequence[float] | None,
+        case_ids: Sequence[str] | None = None,
     ) -> None:
-        """`masks` and `targets`: (B, regions, *spatial) binary; `spacing`: mm per voxel."""
+        """`masks` and `targets`: (B, regions, *spatial) binary; `spacing`: mm per voxel;
+        `case_ids`: the cases' names, to keep their scores for :meth:`case_scores`."""
         # One pass of the challenge's scoring per case and region gives both kinds of score.
         scores = [
             [
@@ -70,6 +83,8 @@ class RegionMetrics(Metric):
                 masks.bool().cpu(), targets.bool().cpu(), strict=True
             )
         ]
+        if case_ids is not None:
+            self._named_cases.extend(zip(case_ids, scores, strict=True))
         for kind in KINDS:
             values = [[getattr(region, kind) for region in case] for case in scores]
             getattr(self, kind).append(torch.tensor(values, device=masks.device))
@@ -86,3 +101,20 @@ class RegionMetrics(Metric):
                 values[f"{kind}_{name}"] = cases[:, channel].nanmean()
             values[f"{kind}_mean"] = cases.nanmean(dim=1).nanmean()
         return values
+
+    def reset(self) -> None:
+        super().reset()
+        self._named_cases = []
+
+    def case_scores(self) -> dict[str, dict[str, RegionScores]]:
+        """Each named case's scores by region name, gathered from every rank (a collective call
+        under DDP), once per case: distributed samplers repeat cases to even out the ranks."""
+        named = self._named_cases
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, named)
+            named = [case for rank in gathered for case in rank]
+        return {
+            case_id: dict(zip(self.region_names, scores, strict=True))
+            for case_id, scores in sorted(named, key=lambda case: case[0])
+        }

@@ -1,23 +1,35 @@
 """Volume segmentation into overlapping regions (BraTS TC, WT, ET): a network with one logit per
-region, a loss on those logits, sliding-window inference and per-region Dice and HD95."""
+region, a loss on those logits, sliding-window inference, label maps on each case's own grid and
+the challenge's per-region scores of them."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from monai.data import MetaTensor, decollate_batch
 from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceFocalLoss
 from monai.utils import convert_to_tensor
 
+from resnext3d.data.layouts import Release
+from resnext3d.data.regions import labels_to_regions, regions_to_labels
+from resnext3d.data.transforms import to_file_grid
+from resnext3d.evaluation.evaluate import read_label_map
 from resnext3d.tasks.base import RUNTIME_ARGUMENTS, VolumeTask, fused_adamw
 from resnext3d.tasks.postprocessing import RegionPostprocessing
 from resnext3d.tasks.region_metrics import RegionMetrics
-from resnext3d.training.callbacks import SegmentationFigures, SegmentationWriter
+from resnext3d.training.callbacks import (
+    CaseScoresWriter,
+    SegmentationFigures,
+    SegmentationWriter,
+)
 from resnext3d.training.performance import ChannelsLast
 
 # How validation, test and predict run: chosen when evaluating, not restored from a checkpoint.
@@ -29,14 +41,23 @@ INFERENCE_ARGUMENTS = (
     "mirror_axes",
     "postprocessing",
     "submission_names",
+    "scoring_grid",
 )
+ScoringGrid = Literal["original", "resampled"]
 
 
 class VolumeSegmenter(VolumeTask):
     """Segments volumes into possibly overlapping regions, one sigmoid each.
 
-    Logs ``{train,val,test}/loss`` and, per region, ``val/dice_<region>``, ``val/hd95_<region>``
-    (mm), with ``val/dice_mean`` and ``val/hd95_mean`` (see :class:`RegionMetrics`).
+    Logs ``{train,val,test}/loss`` and, per region, the legacy ``val/dice_<region>``,
+    ``val/hd95_<region>`` (mm) and the challenge's lesion-wise ``val/lesion_dice_<region>``,
+    ``val/lesion_hd95_<region>``, with their ``_mean`` over regions (see :class:`RegionMetrics`);
+    each case's scores are written by :class:`CaseScoresWriter`.
+
+    Validation and test score what ``predict`` writes, as the challenge scores it: each case's
+    probabilities resampled onto the grid of its files, thresholded, post-processed and written
+    as a label map in its release's values (so the regions are nested), against the case's own
+    label file, HD95 in mm of the files' voxels (``scoring_grid="original"``).
 
     Args:
         network: the segmentation network, returning one logit map per region, e.g. a
@@ -59,6 +80,10 @@ class VolumeSegmenter(VolumeTask):
             and post-processed (``val/dice_et`` and ``val/dice_et_pp``).
         submission_names: ``predict`` names its files ``<case_id>.nii.gz``, as a BraTS
             challenge submission expects, instead of ``<case_id>_seg.nii.gz``.
+        scoring_grid: ``"original"``, validation and test score the label maps ``predict``
+            writes, on each case's own grid (above); ``"resampled"``, the cheaper scores of the
+            thresholded (and post-processed) masks on the grid the network sees, the training
+            ``spacing``, against the resampled reference; not what the challenge reports.
         optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
     """
 
@@ -76,6 +101,7 @@ class VolumeSegmenter(VolumeTask):
         mirror_axes: Sequence[int] = (),
         postprocessing: RegionPostprocessing | None = None,
         submission_names: bool = False,
+        scoring_grid: ScoringGrid = "original",
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: ChannelsLast = "auto",
@@ -105,6 +131,11 @@ class VolumeSegmenter(VolumeTask):
         self.mirror_axes = tuple(mirror_axes)
         self.postprocessing = postprocessing
         self.submission_names = submission_names
+        if scoring_grid not in ("original", "resampled"):
+            raise ValueError(
+                f"scoring_grid must be 'original' or 'resampled', got {scoring_grid!r}"
+            )
+        self.scoring_grid = scoring_grid
         variants = ("", "_pp") if postprocessing is not None else ("",)
         self.region_metrics = nn.ModuleDict(
             {
@@ -153,18 +184,91 @@ class VolumeSegmenter(VolumeTask):
     def _evaluate(self, batch: dict, stage: str) -> dict:
         # Plain tensors from here on: MONAI's MetaTensors would make every metric, and so the
         # monitored score in the checkpoints, a MetaTensor that weights-only loading refuses.
-        spacing = _voxel_spacing(batch["image"])
         image, targets = (convert_to_tensor(batch[k], track_meta=False) for k in ("image", "label"))
         logits = self.sliding_window_logits(image)
         loss = (self.loss.loss if self.deep_supervision else self.loss)(logits, targets)
         self.log_loss(stage, loss, len(targets))
-        raw = (torch.sigmoid(logits) > self.threshold).float()
-        self.region_metrics[f"{stage}_regions"].update(raw, targets, spacing)
-        masks = raw
-        if self.postprocessing is not None:
-            masks = self.postprocessing(raw, self.class_names, spacing)
-            self.region_metrics[f"{stage}_regions_pp"].update(masks, targets, spacing)
+        probabilities = torch.sigmoid(logits)
+        spacing = _voxel_spacing(batch["image"])
+        raw, masks = self._masks(probabilities, spacing)
+        if self.scoring_grid == "resampled":
+            self._score(stage, raw, masks, targets, spacing, batch["case_id"])
+        else:
+            cases = zip(
+                batch["case_id"],
+                probabilities,
+                decollate_batch(batch["image"]),
+                batch["release"],
+                batch["label"].meta["filename_or_obj"],  # the label files
+                strict=True,
+            )
+            for case in cases:
+                self._score_on_file_grid(stage, *case)
         return {"loss": loss, "image": image, "label": targets, "prediction": masks}
+
+    def _masks(
+        self, probabilities: torch.Tensor, spacing: Sequence[float] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The thresholded masks, and the post-processed ones (the same without post-processing)."""
+        raw = (probabilities > self.threshold).float()
+        if self.postprocessing is None:
+            return raw, raw
+        return raw, self.postprocessing(raw, self.class_names, spacing)
+
+    def label_maps(
+        self, probabilities: torch.Tensor, image: MetaTensor, release: Release
+    ) -> tuple[MetaTensor, MetaTensor, list[float]]:
+        """One case's label maps on the grid of its files, as ``predict`` writes them: its
+        region probabilities (regions, *spatial) on the grid of `image` (a decollated batch item
+        with its files' metadata) resampled onto the files' grid, thresholded, and written in the
+        `release`'s label values, raw and post-processed; with the files' voxel size in mm."""
+        on_file_grid = to_file_grid(MetaTensor(probabilities, meta=image.meta))
+        spacing = _affine_spacing(on_file_grid.affine, on_file_grid.ndim - 1)
+        raw, masks = self._masks(on_file_grid.as_tensor()[None], spacing)
+        label_maps = [
+            MetaTensor(regions_to_labels(regions[0], release), affine=on_file_grid.affine)
+            for regions in (raw, masks)
+        ]
+        return *label_maps, spacing
+
+    def _score_on_file_grid(
+        self,
+        stage: str,
+        case_id: str,
+        probabilities: torch.Tensor,
+        image: MetaTensor,
+        release: Release,
+        reference_file: str,
+    ) -> None:
+        raw, masks, _ = self.label_maps(probabilities, image, release)
+        # The reference's voxels and spacing as `resnext3d evaluate` reads them.
+        reference, spacing = read_label_map(Path(reference_file))
+        reference = labels_to_regions(
+            torch.from_numpy(reference), release, reference_file, dtype=torch.uint8
+        )
+        if reference.shape[1:] != raw.shape[1:]:
+            raise ValueError(
+                f"{reference_file}: label map of shape {tuple(reference.shape[1:])}, its images' "
+                f"{tuple(raw.shape[1:])}"
+            )
+        raw, masks = (
+            labels_to_regions(label_map.as_tensor(), release, dtype=torch.uint8)
+            for label_map in (raw, masks)
+        )
+        self._score(stage, raw[None], masks[None], reference[None], spacing, [case_id])
+
+    def _score(
+        self,
+        stage: str,
+        raw: torch.Tensor,
+        masks: torch.Tensor,
+        targets: torch.Tensor,
+        spacing: Sequence[float] | None,
+        case_ids: Sequence[str],
+    ) -> None:
+        self.region_metrics[f"{stage}_regions"].update(raw, targets, spacing, case_ids)
+        if self.postprocessing is not None:
+            self.region_metrics[f"{stage}_regions_pp"].update(masks, targets, spacing, case_ids)
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return self._evaluate(batch, "val")
@@ -190,17 +294,18 @@ class VolumeSegmenter(VolumeTask):
             )
             metrics.reset()
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        probabilities = torch.sigmoid(self.sliding_window_logits(batch["image"]))
-        if self.postprocessing is None:
-            return probabilities
-        masks = (probabilities > self.threshold).float()
-        return self.postprocessing(masks, self.class_names, _voxel_spacing(batch["image"]))
+    def predict_step(self, batch: dict, batch_idx: int) -> list[MetaTensor]:
+        """Each case's label map on its files' grid (see :meth:`label_maps`)."""
+        image = convert_to_tensor(batch["image"], track_meta=False)
+        probabilities = torch.sigmoid(self.sliding_window_logits(image))
+        cases = zip(probabilities, decollate_batch(batch["image"]), batch["release"], strict=True)
+        return [self.label_maps(*case)[1] for case in cases]
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [
             *super().configure_callbacks(),
-            SegmentationWriter(self.threshold, self.submission_names),
+            SegmentationWriter(self.submission_names),
+            CaseScoresWriter(),
             SegmentationFigures(self.class_names),
         ]
 
@@ -210,6 +315,8 @@ def _voxel_spacing(image: torch.Tensor) -> list[float] | None:
     affine = getattr(image, "affine", None)
     if affine is None:
         return None
-    affine = affine[0] if affine.ndim == 3 else affine
-    spatial_dims = image.ndim - 2
+    return _affine_spacing(affine[0] if affine.ndim == 3 else affine, image.ndim - 2)
+
+
+def _affine_spacing(affine: torch.Tensor, spatial_dims: int) -> list[float]:
     return torch.linalg.norm(affine[:spatial_dims, :spatial_dims].double(), dim=0).tolist()

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from monai.data import decollate_batch
-from monai.transforms import Invertd
+from lightning.pytorch.trainer.states import TrainerFn
 
-from resnext3d.data.regions import regions_to_labels
+from resnext3d.evaluation.evaluate import score_columns, score_row, summarise, write_csv
 from resnext3d.training.visualize import segmentation_figure
 
 
@@ -68,43 +67,73 @@ def _gather(
 
 
 class SegmentationWriter(BasePredictionWriter):
-    """Writes each predicted case as ``predictions/<case_id>_seg.nii.gz`` in the run directory: a
-    label map in the case's own release's label values, on the grid and with the affine of its
-    input files, so that it overlays them in any viewer.
-
-    The region probabilities are mapped back through the inverse of the data module's
-    ``predict_transforms`` (resampling included) before thresholding.
+    """Writes each predicted case as ``predictions/<case_id>_seg.nii.gz`` in the run directory:
+    the task's label map of the case (in its release's label values, on the grid and with the
+    affine of its input files, so that it overlays them in any viewer).
 
     Args:
-        threshold: the probability above which a voxel belongs to a region.
         submission_names: name the files ``<case_id>.nii.gz`` instead, as the BraTS challenges'
             submissions name them (``BraTS-GLI-00001-000.nii.gz`` for BraTS 2023,
             ``BraTS2021_00001.nii.gz`` for BraTS 2021).
     """
 
-    def __init__(self, threshold: float = 0.5, submission_names: bool = False) -> None:
+    def __init__(self, submission_names: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.threshold = threshold
         self.suffix = ".nii.gz" if submission_names else "_seg.nii.gz"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # Here, not per batch: ranks may predict different numbers of batches, and finding the
         # directory is a collective call.
         self.directory = run_dir(trainer) / "predictions"
-        if stage == "predict":
-            self._invert = Invertd(
-                "prediction", trainer.datamodule.predict_transforms, orig_keys="image"
-            )
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for item in decollate_batch({**batch, "prediction": prediction.detach().cpu()}):
-            inverted = self._invert(item)["prediction"]
-            labels = regions_to_labels(inverted, item["release"], self.threshold)
-            image = nib.Nifti1Image(labels[0].numpy().astype(np.uint8), inverted.affine.numpy())
-            nib.save(image, self.directory / f"{item['case_id']}{self.suffix}")
+        for label_map, case_id in zip(prediction, batch["case_id"], strict=True):
+            voxels = label_map[0].detach().cpu().numpy().astype(np.uint8)
+            image = nib.Nifti1Image(voxels, label_map.affine.detach().cpu().numpy())
+            nib.save(image, self.directory / f"{case_id}{self.suffix}")
+
+
+class CaseScoresWriter(Callback):
+    """Writes each case's scores, as ``resnext3d evaluate`` writes them, after every validation
+    and test epoch: ``scores/<stage>_cases.csv`` with ``<stage>_cases_summary.csv`` (mean,
+    std, median) in the run directory, ``scores/val_epoch<N>_cases.csv`` during ``fit``, and
+    ``..._cases_pp.csv`` for the post-processed masks. Reads the segmentation task's
+    ``region_metrics`` (:class:`resnext3d.tasks.region_metrics.RegionMetrics`) before the task
+    resets them."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.directory = run_dir(trainer) / "scores"  # a collective call: every rank makes it
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            fitting = trainer.state.fn == TrainerFn.FITTING
+            self._write(
+                trainer,
+                pl_module,
+                "val",
+                f"val_epoch{trainer.current_epoch:03d}" if fitting else "val",
+            )
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._write(trainer, pl_module, "test", "test")
+
+    def _write(self, trainer: L.Trainer, pl_module, stage: str, name: str) -> None:
+        for key, metrics in pl_module.region_metrics.items():
+            if not key.startswith(f"{stage}_"):
+                continue
+            cases = metrics.case_scores()  # every rank takes part in the gathering
+            if not trainer.is_global_zero or not cases:
+                continue
+            rows = [score_row(case_id, scores) for case_id, scores in cases.items()]
+            columns = score_columns(next(iter(cases.values())))
+            suffix = "_pp" if key.endswith("_pp") else ""
+            path = self.directory / f"{name}_cases{suffix}.csv"
+            write_csv(path, ["case_id", *columns], rows)
+            summary = summarise(rows, columns)
+            write_csv(path.with_name(f"{path.stem}_summary.csv"), ["statistic", *columns], summary)
 
 
 class SegmentationFigures(Callback):
