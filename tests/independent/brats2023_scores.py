@@ -2,8 +2,7 @@
 
     brats2023_scores.py PREDICTIONS REFERENCES  ->  JSON on stdout:
     {case_id: {"tc"|"wt"|"et": {"dice", "hd95", "lesion_dice", "lesion_hd95",
-                                "lesion_tp", "lesion_fn", "lesion_fp",
-                                "hd95_voxels", "lesion_hd95_voxels"}}}
+                                "lesion_tp", "lesion_fn", "lesion_fp"}}}
 
 PREDICTIONS and REFERENCES are folders of BraTS 2023 label maps (1 NCR, 2 ED, 3 ET) paired by case
 id: the file name without ``.nii``/``.nii.gz`` and a ``_seg``/``-seg`` suffix.
@@ -19,10 +18,7 @@ lesions of 50 mm³ or less left out, 374 mm for an HD95 that cannot be measured.
 
 ``hd95`` and ``lesion_hd95`` are the organisers' (surface-distance: the 95th percentile of each
 direction's distances weighted by the area of the surface elements, at the corners of the voxel
-grid). ``*_voxels`` are the same scores with HD95 over voxels instead, the definition that
-``resnext3d evaluate`` documents and takes from MONAI, computed here with scipy alone: the mask's
-voxels with a face neighbour outside it, each counted once, and their distances (in mm) to the
-nearest such voxel of the other mask; the larger of the two directions' 95th percentiles.
+grid).
 
 Neither package the task first named does this: ``brats`` (0.1.14) only runs the challenge's
 algorithm containers, and ``panoptica`` (2.1.7), on which the later official ``brats-evaluation``
@@ -110,7 +106,7 @@ def score_region(
     dilations: int,
     min_lesion_mm3: float,
 ) -> dict[str, float]:
-    dice, hd95, hd95_voxels = dice_and_hd95(prediction, reference, spacing)
+    dice, hd95 = dice_and_hd95(prediction, reference, spacing)
     structure = ndimage.generate_binary_structure(3, 2)
     # Reference components whose dilations touch form one lesion: label the reference voxels by
     # the component of the dilated reference they lie in.
@@ -123,7 +119,7 @@ def score_region(
     voxel_mm3 = float(np.prod(spacing))
 
     matched_anywhere: set[int] = set()
-    lesion_dices, lesion_hd95s, lesion_hd95s_voxels, found, missed = [], [], [], 0, 0
+    lesion_dices, lesion_hd95s, found, missed = [], [], 0, 0
     for lesion in range(1, int(lesions.max()) + 1):
         lesion_mask = lesions == lesion
         # As the organisers do: dilate this lesion alone and take every predicted component
@@ -133,12 +129,11 @@ def score_region(
         matched_anywhere |= matches
         if np.count_nonzero(lesion_mask) * voxel_mm3 <= min_lesion_mm3:
             continue
-        lesion_dice, lesion_hd95, lesion_hd95_voxels = dice_and_hd95(
+        lesion_dice, lesion_hd95 = dice_and_hd95(
             np.isin(predicted_components, list(matches)), lesion_mask, spacing
         )
         lesion_dices.append(lesion_dice)
         lesion_hd95s.append(lesion_hd95)
-        lesion_hd95s_voxels.append(lesion_hd95_voxels)
         found, missed = (found + 1, missed) if matches else (found, missed + 1)
     false_positives = len(set(np.unique(predicted_components).tolist()) - {0} - matched_anywhere)
 
@@ -158,22 +153,20 @@ def score_region(
         "lesion_tp": found,
         "lesion_fn": missed,
         "lesion_fp": false_positives,
-        "hd95_voxels": hd95_voxels,
-        "lesion_hd95_voxels": lesion_mean(lesion_hd95s_voxels, WORST_HD95_MM, 0.0),
     }
 
 
 def dice_and_hd95(
     prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]
-) -> tuple[float, float, float]:
-    """Dice, HD95 in mm as DeepMind's surface-distance computes it, and HD95 over voxels; both
+) -> tuple[float, float]:
+    """Dice and HD95 in mm as DeepMind's surface-distance computes it; both
     masks empty: 1 and 0; one: 0 and 374 (the organisers' infinite HD95 replaced by 374;
     surface-distance's own path for an empty mask uses np.Inf, which NumPy 2 no longer has)."""
     predicted, expected = np.count_nonzero(prediction), np.count_nonzero(reference)
     if not predicted and not expected:
-        return 1.0, 0.0, 0.0
+        return 1.0, 0.0
     if not predicted or not expected:
-        return 0.0, WORST_HD95_MM, WORST_HD95_MM
+        return 0.0, WORST_HD95_MM
     dice = 2.0 * np.count_nonzero(prediction & reference) / (predicted + expected)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # scipy.ndimage.filters, .morphology
@@ -181,18 +174,7 @@ def dice_and_hd95(
             reference.astype(bool), prediction.astype(bool), spacing
         )
     hd95 = surface_distance.compute_robust_hausdorff(distances, 95)
-    return float(dice), float(hd95), hd95_over_voxels(prediction, reference, spacing)
-
-
-def hd95_over_voxels(
-    prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]
-) -> float:
-    # The default structure of binary_erosion: the 6 face neighbours; outside the volume counts
-    # as background.
-    edges = [mask ^ ndimage.binary_erosion(mask) for mask in (prediction, reference)]
-    to_reference = ndimage.distance_transform_edt(~edges[1], sampling=spacing)[edges[0]]
-    to_prediction = ndimage.distance_transform_edt(~edges[0], sampling=spacing)[edges[1]]
-    return float(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95)))
+    return float(dice), float(hd95)
 
 
 if __name__ == "__main__":
