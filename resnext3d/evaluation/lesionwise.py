@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
@@ -188,7 +189,8 @@ def _dice_and_hd95(
 
 def _hd95_mm(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]) -> float:
     """The area-weighted HD95 of two non-empty masks (see the module's description)."""
-    with warnings.catch_warnings():
+    # Exact float32 arithmetic on the CPU, also when called within a bf16 autocast (validation).
+    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecations
         edges = get_mask_edges(prediction, reference, crop=True, spacing=spacing)
     predicted_edges, reference_edges, predicted_areas, reference_areas = map(np.asarray, edges)
