@@ -1,5 +1,10 @@
 """BraTS data: layouts, labels, validation, splits, transforms, a phantom and the data module."""
 
+from resnext3d.data.anatomical import (
+    anatomical_case,
+    ensure_anatomical_phantom,
+    generate_anatomical_phantom,
+)
 from resnext3d.data.classification import BratsClassificationData
 from resnext3d.data.datamodule import BratsDataModule
 from resnext3d.data.errors import DataError, Problem
@@ -54,13 +59,16 @@ __all__ = [
     "Release",
     "Split",
     "add_phantom_arguments",
+    "anatomical_case",
     "assign_labels",
     "check_files",
     "check_labels",
     "deterministic_transforms",
     "discover_cases",
+    "ensure_anatomical_phantom",
     "ensure_phantom",
     "find_labels",
+    "generate_anatomical_phantom",
     "generate_phantom",
     "grade_folder_labels",
     "holdout_split",

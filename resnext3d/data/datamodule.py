@@ -17,6 +17,7 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 from torch.utils.data import Sampler
 
+from resnext3d.data.anatomical import ensure_anatomical_phantom
 from resnext3d.data.cache import DiskCacheDataset, MemoryCache
 from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import Difficulty, ensure_phantom
@@ -29,7 +30,8 @@ from resnext3d.seeds import run_seed
 log = logging.getLogger(__name__)
 
 # Relative to the working directory, i.e. the repository's git-ignored data/ when run from there;
-# a hard phantom lies beside it, in data/phantom_brats_hard.
+# a hard phantom lies beside it, in data/phantom_brats_hard, and an anatomical one in
+# data/phantom_brats_anatomical.
 PHANTOM_DIR = Path("data/phantom_brats")
 DEFAULT_CACHE_DIR = Path("data/cache")
 # The phantom does not change with the split seed, so that every run reuses the one on disk.
@@ -78,7 +80,10 @@ class BratsDataModule(L.LightningDataModule):
             ``resnext3d check-data`` does (NaN, all-zero images, damaged data, label values).
         phantom_cases: the number of phantom cases when `data_dir` is None.
         phantom_difficulty: "standard" (the grades differ clearly; a classifier reaches AUROC 1.00)
-            or "hard" (subtly and overlapping) when `data_dir` is None.
+            or "hard" (subtly and overlapping) when `data_dir` is None; for the simple phantom.
+        phantom_realism: "simple" (ellipsoid heads, `resnext3d.data.phantom`) or "anatomical"
+            (real brain anatomy from the MNI template with gliomas grown along white matter,
+            `resnext3d.data.anatomical`; needs the ``anatomy`` extra) when `data_dir` is None.
         predict_split: the cases to predict: the validation cases ("val") or all cases ("all").
     """
 
@@ -98,6 +103,7 @@ class BratsDataModule(L.LightningDataModule):
         check: Literal["quick", "full"] = "quick",
         phantom_cases: int = 100,
         phantom_difficulty: Difficulty = "standard",
+        phantom_realism: Literal["simple", "anatomical"] = "simple",
         predict_split: Literal["val", "all"] = "all",
     ) -> None:
         super().__init__()
@@ -115,6 +121,11 @@ class BratsDataModule(L.LightningDataModule):
         self.check = check
         self.phantom_cases = phantom_cases
         self.phantom_difficulty = phantom_difficulty
+        if phantom_realism not in ("simple", "anatomical"):
+            raise ValueError(
+                f"phantom_realism must be simple or anatomical, got {phantom_realism!r}"
+            )
+        self.phantom_realism = phantom_realism
         self.predict_split = predict_split
         self._datasets: dict[str, Dataset] = {}
         if data_dir is None:
@@ -123,7 +134,7 @@ class BratsDataModule(L.LightningDataModule):
                 "(%s, %d cases in %s), not on real data.\nPoint it at real BraTS with "
                 "`make train EXP=... DATA=/path/to/BraTS` or `--data.data_dir /path/to/BraTS`.\n%s",
                 "=" * 80,
-                phantom_difficulty,
+                "anatomical" if phantom_realism == "anatomical" else phantom_difficulty,
                 phantom_cases,
                 self._phantom_dir().resolve(),
                 "=" * 80,
@@ -239,6 +250,8 @@ class BratsDataModule(L.LightningDataModule):
     def _data_root(self) -> Path:
         if self.data_dir is not None:
             return Path(self.data_dir)
+        if self.phantom_realism == "anatomical":
+            return ensure_anatomical_phantom(self._phantom_dir(), self.phantom_cases, PHANTOM_SEED)
         return ensure_phantom(
             self._phantom_dir(),
             self.phantom_cases,
@@ -247,7 +260,9 @@ class BratsDataModule(L.LightningDataModule):
         )
 
     def _phantom_dir(self) -> Path:
-        """One folder per difficulty, so that both can be on disk at once."""
+        """One folder per kind and difficulty, so that all can be on disk at once."""
+        if self.phantom_realism == "anatomical":
+            return PHANTOM_DIR.with_name(f"{PHANTOM_DIR.name}_anatomical")
         if self.phantom_difficulty == "standard":
             return PHANTOM_DIR
         return PHANTOM_DIR.with_name(f"{PHANTOM_DIR.name}_{self.phantom_difficulty}")

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -213,12 +214,73 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def phantom_main(argv: Sequence[str] | None = None) -> int:
-    """``resnext3d phantom OUT [--cases N] [--seed S]``: generate a BraTS phantom data set."""
+    """``resnext3d phantom OUT [--cases N] [--seed S] [--realism anatomical ...]``: generate a
+    BraTS phantom data set, the simple one (the default) or the anatomical one
+    (`resnext3d.data.anatomical`)."""
+    from resnext3d.data import anatomical  # here: it imports this module
+
     parser = argparse.ArgumentParser(
         prog="resnext3d phantom", description="Generate a synthetic data set in the BraTS layout."
     )
     add_phantom_arguments(parser)
-    return run_phantom(parser.parse_args(argv))
+    parser.add_argument(
+        "--realism",
+        choices=("simple", "anatomical"),
+        default="simple",
+        help="simple: ellipsoid heads; anatomical: real brain anatomy (MNI template, needs the "
+        "'anatomy' extra) with gliomas grown along white matter (default simple)",
+    )
+    parser.add_argument(
+        "--release",
+        choices=anatomical.RELEASES,
+        default="brats2021",
+        help="anatomical: the layout and label values to write (default brats2021)",
+    )
+    parser.add_argument(
+        "--slice-thickness",
+        type=float,
+        default=None,
+        help="anatomical: acquire FLAIR, T1 and T2 as axial slices this thick (mm), then "
+        "interpolate them to the output grid (default: 3-D acquisitions)",
+    )
+    # The defaults of --shape and --spacing depend on the kind of phantom.
+    parser.set_defaults(shape=None, spacing=None)
+    options = parser._option_string_actions
+    options["--shape"].help = (
+        f"voxels per axis (default {' '.join(map(str, DEFAULT_SHAPE))}; anatomical: BraTS's "
+        "240 x 240 x 155 mm field of view at the spacing)"
+    )
+    options["--spacing"].help = (
+        f"voxel size in mm (default {' '.join(map(str, DEFAULT_SPACING))}; anatomical: "
+        f"{' '.join(map(str, anatomical.DEFAULT_SPACING))}, e.g. 1 1 1 as BraTS)"
+    )
+    args = parser.parse_args(argv)
+    if args.realism == "simple":
+        if args.release != "brats2021" or args.slice_thickness is not None:
+            parser.error("--release and --slice-thickness need --realism anatomical")
+        args.shape = args.shape or DEFAULT_SHAPE
+        args.spacing = args.spacing or DEFAULT_SPACING
+        return run_phantom(args)
+    if args.difficulty != "standard":
+        parser.error("--difficulty is for the simple phantom; the anatomical one has its own")
+    try:
+        out_dir = anatomical.ensure_anatomical_phantom(
+            args.out_dir,
+            args.cases,
+            args.seed,
+            args.release,
+            args.spacing or anatomical.DEFAULT_SPACING,
+            args.shape,
+            args.slice_thickness,
+        )
+    except (ImportError, ValueError, DataError) as error:
+        print(f"resnext3d phantom: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.cases} anatomical BraTS phantom cases ({args.release}, seed {args.seed}) "
+        f"in {out_dir}"
+    )
+    return 0
 
 
 def _grade(index: int) -> str:
