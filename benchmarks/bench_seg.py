@@ -4,9 +4,13 @@ SegResNet (the MONAI BraTS tutorial's) and DynUNet as nnU-Net plans it.
 
 Everything but the network is `experiments/brats_seg.yaml`: data (the phantom unless
 ``--data-dir``), crops, loss, optimizer, precision, sliding-window validation and metrics; the
-learning rate is constant, as a time budget gives a schedule no length. Each network × seed
-trains for the same ``--budget`` seconds (Lightning's ``max_time``) in a process of its own,
-then validates its last state in another (not timed).
+learning rate is constant, as a time budget gives a schedule no length. Each network first runs
+a few timed training steps in each memory format and keeps its faster one on this machine (MONAI's
+networks need not be fastest in the project's). Each network × seed then trains for the same
+``--budget`` seconds (Lightning's ``max_time``) in a process of its own, and validates its last
+state in another (not timed), which scores every validation case on its own grid. The networks
+are compared pairwise on the same cases and seeds (:mod:`benchmarks.paired`): the mean
+difference of each case's score, with its 95% bootstrap confidence interval.
 
     python -m benchmarks.bench_seg [--budget 240] [--seeds 0 1] [--quick]   # make bench-seg
 """
@@ -15,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.paired import paired_difference
 from resnext3d.data.datamodule import PHANTOM_DIR
 from resnext3d.data.phantom import ensure_phantom
 
@@ -50,11 +57,28 @@ NETWORKS: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 REGIONS = ("tc", "wt", "et")
+# The memory formats each network is timed in before it trains; it trains in its faster one.
+MEMORY_FORMATS: dict[str, list[str]] = {
+    "channels_last_3d": ["--model.init_args.channels_last", "true"],
+    "contiguous": ["--model.init_args.channels_last", "false"],
+}
+PROBE_STEPS, PROBE_WARMUP_STEPS = 12, 4
+# Per-case scores compared between networks: the challenge's ranking metric, and the legacy Dice.
+CASE_SCORES = {
+    "lesion-wise Dice": [f"lesion_dice_{region}" for region in REGIONS],
+    "Dice": [f"dice_{region}" for region in REGIONS],
+}
 
 
 def run(args: list[str], cwd: Path) -> None:
+    # The runs import the step-timing callback from this checkout's benchmarks package.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "resnext3d", *args], cwd=cwd, capture_output=True, text=True
+        [sys.executable, "-m", "resnext3d", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
     )
     if result.returncode != 0:
         raise RuntimeError(f"resnext3d {' '.join(args[:3])} failed:\n{result.stderr[-3000:]}")
@@ -70,10 +94,29 @@ def run_in_new_folder(args: list[str], cwd: Path) -> Path:
     return created
 
 
+def fastest_memory_format(
+    network: list[str], data: list[str], workdir: Path
+) -> tuple[str, dict[str, float]]:
+    """Time `PROBE_STEPS` training steps of `network` in each memory format; the fastest one's
+    name, and the median seconds per step after `PROBE_WARMUP_STEPS` of each."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    medians = {}
+    for name, overrides in MEMORY_FORMATS.items():
+        probe = run_in_new_folder(
+            ["fit", "--config", str(EXPERIMENT), *network, *overrides, *data,
+             "--trainer.max_steps", str(PROBE_STEPS), "--trainer.limit_val_batches", "0",
+             "--trainer.callbacks+=benchmarks.step_times.StepTimes",
+             "--trainer.enable_progress_bar", "false"], workdir)  # fmt: skip
+        seconds = json.loads((probe / "step_times.json").read_text())
+        medians[name] = statistics.median(seconds[PROBE_WARMUP_STEPS:])
+    return min(medians, key=medians.__getitem__), medians
+
+
 def train_and_validate(
     network: list[str], seed: int, budget: float, data: list[str], workdir: Path
-) -> dict[str, float]:
-    """Train for `budget` seconds, validate the last state; the validation metrics."""
+) -> dict:
+    """Train for `budget` seconds, validate the last state; the validation metrics, the steps
+    made, and each validation case's scores (``cases``: case id → column → value)."""
     workdir.mkdir(parents=True, exist_ok=True)
     hours, rest = divmod(int(budget), 3600)
     max_time = f"00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
@@ -97,7 +140,47 @@ def train_and_validate(
         steps = max(int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss"))
     metrics = {key.removeprefix("val/"): float(value) for key, value in row.items()
                if key.startswith("val/") and value}  # fmt: skip
-    return {**metrics, "steps": steps}
+    with (validated / "scores" / "val_cases.csv").open() as handle:
+        cases = {
+            case.pop("case_id"): {column: float(value) for column, value in case.items()}
+            for case in csv.DictReader(handle)
+        }
+    return {**metrics, "steps": steps, "cases": cases}
+
+
+def paired_comparisons(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+    """A markdown table: for every pair of networks and each of CASE_SCORES (a case's mean over
+    regions), the mean difference over the validation cases (averaged over seeds) with its 95%
+    bootstrap interval, and whether the interval excludes 0."""
+    lines = [
+        "| networks (a − b) | per-case score | mean difference | 95% CI | cases × seeds "
+        "| resolved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (a, runs_a), (b, runs_b) in itertools.combinations(results.items(), 2):
+        for score, columns in CASE_SCORES.items():
+            difference = paired_difference(
+                case_scores(runs_a, seeds, columns), case_scores(runs_b, seeds, columns)
+            )
+            lines.append(
+                f"| {a} − {b} | {score} | {difference.mean:+.4f} | "
+                f"[{difference.low:+.4f}, {difference.high:+.4f}] | "
+                f"{difference.cases} × {len(seeds)} | {'yes' if difference.resolved else 'no'} |"
+            )
+    return lines
+
+
+def case_scores(
+    runs: list[dict], seeds: list[int], columns: list[str]
+) -> dict[int, dict[str, float]]:
+    """Seed → case → the mean of `columns` (e.g. a score's regions) in that run's case row."""
+    return {
+        seed: {
+            case: statistics.fmean(values[column] for column in columns)
+            for case, values in run["cases"].items()
+        }
+        for seed, run in zip(seeds, runs, strict=True)
+    }
 
 
 def summarise(results: dict[str, list[dict[str, float]]]) -> list[str]:
@@ -151,20 +234,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         data += ["--data.init_args.num_workers", "0", "--trainer.check_val_every_n_epoch", "1"]
     print(f"{len(NETWORKS)} networks x seeds {seeds}, {budget:.0f} s of training each", flush=True)
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, list[dict]] = {}
+    memory_formats: dict[str, dict] = {}
     started = time.perf_counter()
     for name, network in NETWORKS.items():
+        folder = args.out / name.split(" (")[0].replace(" ", "_")
+        fastest, medians = fastest_memory_format(network, data, (folder / "probe").resolve())
+        memory_formats[name] = {"chosen": fastest, "seconds_per_step": medians}
+        print(f"  {name}: {fastest} (median s/step {medians})", flush=True)
         for seed in seeds:
-            workdir = args.out / name.split(" (")[0].replace(" ", "_") / f"seed{seed}"
+            workdir = folder / f"seed{seed}"
             results.setdefault(name, []).append(
-                train_and_validate(network, seed, budget, data, workdir.resolve())
+                train_and_validate(
+                    [*network, *MEMORY_FORMATS[fastest]], seed, budget, data, workdir.resolve()
+                )
             )
-            print(f"  {name}, seed {seed}: {results[name][-1]}", flush=True)
-    table = summarise(results)
+            scores = {k: v for k, v in results[name][-1].items() if k != "cases"}
+            print(f"  {name}, seed {seed}: {scores}", flush=True)
+    table = [
+        *summarise(results),
+        "",
+        *(f"- {name}: trained {chosen['chosen']}, the faster of "
+          + ", ".join(f"{f} {s * 1000:.0f} ms/step" for f, s in chosen["seconds_per_step"].items())
+          for name, chosen in memory_formats.items()),
+        "",
+        *paired_comparisons(results, seeds),
+    ]  # fmt: skip
     print("\n" + "\n".join(table))
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"memory_formats": memory_formats, "runs": results}, indent=2)
+    )
     (args.out / "results.md").write_text("\n".join(table) + "\n")
 
 

@@ -2,6 +2,7 @@
 row per network with its ratios to the best other."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,33 @@ def test_the_ratios_compare_each_network_with_the_best_other():
 def test_quick_mode_runs_every_network(tiny_phantom, tmp_path, capsys):
     bench_seg.main(["--quick", "--data-dir", str(tiny_phantom), "--out", str(tmp_path)])
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert len(table) == 2 + len(bench_seg.NETWORKS)
     for name in bench_seg.NETWORKS:
         assert any(line.startswith(f"| {name} |") for line in table)
+        assert any(line.startswith(f"- {name}: trained ") for line in table)
+    pairs = [line for line in table if " − " in line and line.startswith("| ")]
+    networks = len(bench_seg.NETWORKS)
+    assert len(pairs) == networks * (networks - 1) // 2 * len(bench_seg.CASE_SCORES)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name, chosen in results["memory_formats"].items():
+        times = chosen["seconds_per_step"]
+        assert chosen["chosen"] == min(times, key=times.get), name
+
+
+def test_each_network_trains_in_its_faster_memory_format(tmp_path, monkeypatch):
+    def fake_resnext3d(args, cwd):
+        runs = cwd / "runs" / "brats_seg"
+        runs.mkdir(parents=True, exist_ok=True)
+        folder = runs / f"run{len(list(runs.iterdir()))}"
+        folder.mkdir()
+        channels_last = args[args.index("--model.init_args.channels_last") + 1] == "true"
+        step = 0.2 if channels_last else 0.1  # contiguous faster, as for SegResNet on this CPU
+        seconds = [5.0] * bench_seg.PROBE_WARMUP_STEPS + [step] * 8  # one-off costs first
+        (folder / "step_times.json").write_text(json.dumps(seconds))
+
+    monkeypatch.setattr(bench_seg, "run", fake_resnext3d)
+    fastest, medians = bench_seg.fastest_memory_format([], [], tmp_path)
+    assert fastest == "contiguous"
+    assert medians == {"channels_last_3d": 0.2, "contiguous": 0.1}
 
 
 def test_a_second_bench_run_reads_its_own_runs_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
@@ -46,6 +71,8 @@ def test_a_second_bench_run_reads_its_own_runs_and_keeps_the_earlier_ones(tmp_pa
         else:
             validated_runs.append(Path(args[args.index("--run") + 1]))
             rows = [{"val/dice_mean": invocation / 10, "val/dice_tc": invocation / 10}]
+            (folder / "scores").mkdir()
+            (folder / "scores" / "val_cases.csv").write_text(f"case_id,dice_tc\nc1,{invocation}\n")
         with (folder / "metrics.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -54,8 +81,9 @@ def test_a_second_bench_run_reads_its_own_runs_and_keeps_the_earlier_ones(tmp_pa
     monkeypatch.setattr(bench_seg, "run", fake_resnext3d)
     first = bench_seg.train_and_validate([], 0, 5.0, [], tmp_path)
     second = bench_seg.train_and_validate([], 0, 5.0, [], tmp_path)
-    assert first == {"dice_mean": 0.0, "dice_tc": 0.0, "steps": 19}
-    assert second == {"dice_mean": 0.1, "dice_tc": 0.1, "steps": 20}
+    assert first == {"dice_mean": 0.0, "dice_tc": 0.0, "steps": 19, "cases": {"c1": {"dice_tc": 0}}}
+    assert second["steps"] == 20 and second["dice_mean"] == 0.1
+    assert second["cases"] == {"c1": {"dice_tc": 1.0}}
     runs = tmp_path / "runs" / "brats_seg"
     assert validated_runs == [runs / "run0", runs / "run2"]  # each the state it just trained
     assert sorted(path.name for path in runs.iterdir()) == ["run0", "run1", "run2", "run3"]
