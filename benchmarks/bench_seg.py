@@ -151,7 +151,7 @@ def train_and_validate(
 def paired_comparisons(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
     """A markdown table: for every pair of networks and each of CASE_SCORES (a case's mean over
     regions), the mean difference over the validation cases (averaged over seeds) with its 95%
-    bootstrap interval, and whether the interval excludes 0."""
+    bootstrap interval, and whether the interval excludes 0 (over enough cases to tell)."""
     lines = [
         "| networks (a − b) | per-case score | mean difference | 95% CI | cases × seeds "
         "| resolved |",
@@ -165,7 +165,7 @@ def paired_comparisons(results: dict[str, list[dict]], seeds: list[int]) -> list
             lines.append(
                 f"| {a} − {b} | {score} | {difference.mean:+.4f} | "
                 f"[{difference.low:+.4f}, {difference.high:+.4f}] | "
-                f"{difference.cases} × {len(seeds)} | {'yes' if difference.resolved else 'no'} |"
+                f"{difference.cases} × {len(seeds)} | {difference.verdict()} |"
             )
     return lines
 

@@ -17,6 +17,9 @@ import numpy as np
 
 # Scores by seed, then by case id.
 SeedScores = Mapping[int, Mapping[str, float]]
+# Below this many cases a bootstrap interval is too coarse to claim anything (with 2 cases it has
+# 3 possible means).
+MIN_CASES = 10
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,13 @@ class PairedDifference:
 
     @property
     def resolved(self) -> bool:
-        """The interval excludes 0: the data tell the two apart."""
-        return self.low > 0 or self.high < 0
+        """The interval excludes 0 over enough cases: the data tell the two apart."""
+        return self.cases >= MIN_CASES and (self.low > 0 or self.high < 0)
+
+    def verdict(self) -> str:
+        if self.cases < MIN_CASES:
+            return f"too few cases (< {MIN_CASES})"
+        return "yes" if self.resolved else "no"
 
 
 def paired_difference(

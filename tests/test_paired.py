@@ -41,5 +41,8 @@ def test_cases_and_seeds_are_paired_by_name_and_only_shared_ones_count():
     # x: (0.1 + 0.1) / 2, y: (0 + 0.2) / 2 over seeds 0 and 1.
     assert difference.cases == 2
     assert difference.mean == pytest.approx((0.1 + 0.1) / 2)
+    # Every case agrees, but two cases cannot tell networks apart.
+    assert difference.low > 0 and not difference.resolved
+    assert difference.verdict().startswith("too few cases")
     with pytest.raises(ValueError, match="no seed in common"):
         paired_difference({0: {"x": 1.0}}, {1: {"x": 1.0}})
