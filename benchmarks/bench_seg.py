@@ -2,7 +2,8 @@
 of `experiments/brats_seg.yaml`) against the networks a user would pick instead, MONAI's
 SegResNet (the MONAI BraTS tutorial's) and DynUNet as nnU-Net plans it.
 
-Everything but the network is `experiments/brats_seg.yaml`: data (the phantom unless
+Everything but the network is `experiments/brats_seg.yaml`: data (the anatomical phantom, real
+brain anatomy with gliomas, 120 cases of which half are validated, unless ``--phantom simple`` or
 ``--data-dir``), crops, loss, optimizer, precision, sliding-window validation and metrics; the
 learning rate is constant, as a time budget gives a schedule no length. Each network first runs
 a few timed training steps in each memory format and keeps its faster one on this machine (MONAI's
@@ -29,7 +30,8 @@ import time
 from pathlib import Path
 
 from benchmarks.paired import paired_difference
-from resnext3d.data.datamodule import PHANTOM_DIR
+from resnext3d.data.anatomical import ensure_anatomical_phantom
+from resnext3d.data.datamodule import PHANTOM_DIR, PHANTOM_SEED
 from resnext3d.data.phantom import ensure_phantom
 
 ROOT = Path(__file__).parents[1]
@@ -57,6 +59,12 @@ NETWORKS: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 REGIONS = ("tc", "wt", "et")
+# Folders of its own: the data module's phantoms have other parameters (cases), and each would
+# regenerate the other's.
+BENCH_PHANTOM_DIRS = {
+    "anatomical": PHANTOM_DIR.with_name("bench_seg_anatomical"),
+    "simple": PHANTOM_DIR.with_name("bench_seg_simple"),
+}
 # The memory formats each network is timed in before it trains; it trains in its faster one.
 MEMORY_FORMATS: dict[str, list[str]] = {
     "channels_last_3d": ["--model.init_args.channels_last", "true"],
@@ -223,14 +231,39 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_seg", description=__doc__)
     parser.add_argument("--budget", type=float, default=240, help="training seconds per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--data-dir", help="a BraTS folder (default: the generated phantom)")
+    parser.add_argument("--data-dir", help="a BraTS folder (default: a generated phantom)")
+    parser.add_argument(
+        "--phantom",
+        choices=("anatomical", "simple"),
+        default="anatomical",
+        help="without --data-dir: the anatomical phantom (real brain anatomy, gliomas; default) "
+        "or the simple one, which every network nearly solves",
+    )
+    parser.add_argument(
+        "--cases", type=int, default=120, help="phantom cases (default %(default)s)"
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.5,
+        help="cases validated, and so compared (default %(default)s: more cases, narrower "
+        "intervals)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds per run, one seed")
     parser.add_argument("--out", type=Path, default=Path("bench-results/segmentation"))
     args = parser.parse_args(argv)
     budget, seeds = (5.0, args.seeds[:1]) if args.quick else (args.budget, args.seeds)
     # One phantom for every run (each runs in a folder of its own), generated before any clock.
-    data_dir = Path(args.data_dir) if args.data_dir else ensure_phantom(PHANTOM_DIR)
-    data = ["--data.init_args.data_dir", str(data_dir.resolve())]
+    if args.data_dir:
+        data_dir = Path(args.data_dir)
+    elif args.phantom == "anatomical":
+        data_dir = ensure_anatomical_phantom(BENCH_PHANTOM_DIRS["anatomical"], args.cases)
+    else:
+        data_dir = ensure_phantom(BENCH_PHANTOM_DIRS["simple"], args.cases, PHANTOM_SEED)
+    data = [
+        "--data.init_args.data_dir", str(data_dir.resolve()),
+        "--data.init_args.val_fraction", str(args.val_fraction),
+    ]  # fmt: skip
     if args.quick:
         data += ["--data.init_args.num_workers", "0", "--trainer.check_val_every_n_epoch", "1"]
     print(f"{len(NETWORKS)} networks x seeds {seeds}, {budget:.0f} s of training each", flush=True)
