@@ -129,8 +129,11 @@ def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
     assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
     for name in ("results.csv", "results.md", "results.png"):
         assert (out_dir / name).stat().st_size > 0, name
-    table = (out_dir / "results.md").read_text().splitlines()
+    results, paired = (out_dir / "results.md").read_text().split("\n\n", 1)
+    table = results.splitlines()
     assert len(table) == 4 and len({line.count("|") for line in table}) == 1
+    (difference,) = [line for line in paired.splitlines() if line.startswith("| resnext14_4x")]
+    assert difference.endswith("| – | 1 | – |")  # one seed: no interval, no estimate
     with (out_dir / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["C"], row["d"], row["depth"]) for row in rows] == [
@@ -338,3 +341,15 @@ def test_a_fit_that_ignores_the_stop_signal_is_killed_with_its_group_after_the_g
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         fit.stdout.close()
+
+
+def test_paired_differences_have_a_t_interval_and_the_replicates_a_target_would_need():
+    reference = {"seed0": 0.70, "seed1": 0.80, "seed2": 0.75, "seed3": 0.9}
+    variant = {"seed0": 0.72, "seed1": 0.83, "seed2": 0.76}  # seed3 failed: left out
+    difference = study_module.paired_difference(variant, reference)
+    # Differences 0.02, 0.03, 0.01: mean 0.02, s = 0.01, t(0.975, 2) = 4.303.
+    assert difference.replicates == 3
+    assert difference.mean == pytest.approx(0.02)
+    assert difference.high - difference.mean == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
+    assert difference.low < 0 < difference.high  # three seeds cannot resolve it
+    assert difference.needed == 4  # 1.96 × 0.01 / √n ≤ 0.01
