@@ -119,7 +119,7 @@ def test_ensure_phantom_generates_once_per_parameters(tmp_path, monkeypatch):
 
 def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     saves = 0
-    save_nifti = phantom._save_nifti
+    save_nifti = phantom.save_nifti
 
     def interrupted_save(*args):
         nonlocal saves
@@ -130,7 +130,7 @@ def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
 
     out_dir = tmp_path / "phantom"
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(phantom, "_save_nifti", interrupted_save)
+        patch.setattr(phantom, "save_nifti", interrupted_save)
         ensure_phantom(out_dir, cases=4, seed=0, shape=(16, 16, 12))
     assert not out_dir.exists()
     assert list(tmp_path.iterdir()) == []

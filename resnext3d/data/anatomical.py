@@ -31,8 +31,6 @@ import csv
 import importlib.util
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,10 +42,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from resnext3d.data.errors import DataError
 from resnext3d.data.labels import NAME_MAPPING_FILE
 from resnext3d.data.layouts import MODALITIES
-from resnext3d.data.phantom import COMPLETION_MARKER
+from resnext3d.data.phantom import (
+    COMPLETION_MARKER,
+    case_grade,
+    completed_parameters,
+    generate_into_place,
+    save_nifti,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +271,7 @@ def anatomical_case(
     shape = tuple(int(n) for n in (shape or output_shape(spacing)))
     if slice_thickness is not None and slice_thickness <= 0:
         raise ValueError(f"slice_thickness must be positive, got {slice_thickness}")
-    grade = _grade(index)
+    grade = case_grade(index)
     template = _template(spacing)
     affine = anatomical_affine(shape, spacing)
     anatomy_rng = np.random.default_rng([seed, index, 0])
@@ -837,8 +840,8 @@ def generate_anatomical_phantom(
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
         for suffix, image in zip(_SUFFIXES[release], case.images, strict=True):
-            _save_nifti(image, case.affine, case_dir / f"{case_id}{separator}{suffix}.nii.gz")
-        _save_nifti(case.label_map, case.affine, case_dir / f"{case_id}{separator}seg.nii.gz")
+            save_nifti(image, case.affine, case_dir / f"{case_id}{separator}{suffix}.nii.gz")
+        save_nifti(case.label_map, case.affine, case_dir / f"{case_id}{separator}seg.nii.gz")
         ids.append(case_id)
         grades.append(case.grade)
     log.info("%d anatomical phantom cases in %.1f s", cases, time.perf_counter() - started)
@@ -866,31 +869,17 @@ def ensure_anatomical_phantom(
     is there; as `resnext3d.data.phantom.ensure_phantom` (built beside it and renamed into place;
     a phantom of other parameters, of either kind, is replaced; another non-empty folder raises
     DataError)."""
-    out_dir = Path(out_dir)
     _check_release(release)
     parameters = anatomical_parameters(cases, seed, release, spacing, shape, slice_thickness)
-    existing = _completed_parameters(out_dir)
-    if existing == parameters:
-        return out_dir
-    if existing is None and out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(
-            f"{out_dir}: not a phantom folder and not empty; remove it or choose another"
-        )
-    template_dir()
-    log.info("Generating %d anatomical BraTS phantom cases in %s", cases, out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    try:
-        generate_anatomical_phantom(staging, cases, seed, release, spacing, shape, slice_thickness)
-        if out_dir.exists() and _completed_parameters(out_dir) != parameters:
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except OSError:
-        if _completed_parameters(out_dir) != parameters:
-            raise
-        # Another process completed the same phantom first; keep theirs.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    if completed_parameters(Path(out_dir)) != parameters:
+        template_dir()  # the missing extra named before anything is moved or written
+    return generate_into_place(
+        Path(out_dir),
+        parameters,
+        lambda staging: generate_anatomical_phantom(
+            staging, cases, seed, release, spacing, shape, slice_thickness
+        ),
+    )
 
 
 def anatomical_parameters(
@@ -913,23 +902,6 @@ def anatomical_parameters(
         "spacing": spacing,
         "slice_thickness": None if slice_thickness is None else float(slice_thickness),
     }
-
-
-def _completed_parameters(out_dir: Path) -> dict | None:
-    try:
-        return json.loads((out_dir / COMPLETION_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(volume, affine)
-    image.header.set_xyzt_units("mm")
-    nib.save(image, path)
-
-
-def _grade(index: int) -> str:
-    return "HGG" if index % 2 == 0 else "LGG"
 
 
 def _check_release(release: str) -> None:

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -102,7 +102,7 @@ def generate_phantom(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / COMPLETION_MARKER).unlink(missing_ok=True)
     affine = phantom_affine(shape, spacing)
-    grades = [_grade(index) for index in range(cases)]
+    grades = [case_grade(index) for index in range(cases)]
     for index, grade in enumerate(grades):
         rng = np.random.default_rng([seed, index])
         # The hard cases' extra draws come from a stream of their own, so that the standard
@@ -113,8 +113,8 @@ def generate_phantom(
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
         for modality, image in zip(MODALITIES, images, strict=True):
-            _save_nifti(image, affine, case_dir / f"{case_id}_{modality}.nii.gz")
-        _save_nifti(label_map, affine, case_dir / f"{case_id}_seg.nii.gz")
+            save_nifti(image, affine, case_dir / f"{case_id}_{modality}.nii.gz")
+        save_nifti(label_map, affine, case_dir / f"{case_id}_seg.nii.gz")
 
     # The BraTS 2020 grade file; the real one has more id columns, which nothing here reads.
     with (out_dir / NAME_MAPPING_FILE).open("w", newline="") as file:
@@ -134,33 +134,40 @@ def ensure_phantom(
     spacing: Sequence[float] = DEFAULT_SPACING,
     difficulty: Difficulty = "standard",
 ) -> Path:
-    """Generate the phantom in `out_dir` unless a complete one with these parameters is there.
-
-    The phantom is built in a sibling folder and renamed into place, so an interrupted run leaves
-    no half phantom behind and concurrent callers (e.g. several ranks) do not write into each
-    other's files. A phantom with other parameters is replaced; any other non-empty folder is left
-    alone and reported.
-    """
-    out_dir = Path(out_dir)
+    """Generate the phantom in `out_dir` unless a complete one with these parameters is there
+    (see :func:`generate_into_place`)."""
     _check_difficulty(difficulty)
     parameters = _parameters(cases, seed, shape, spacing, difficulty)
-    existing = _completed_parameters(out_dir)
+    return generate_into_place(
+        Path(out_dir),
+        parameters,
+        lambda staging: generate_phantom(staging, cases, seed, shape, spacing, difficulty),
+    )
+
+
+def generate_into_place(
+    out_dir: Path, parameters: dict, generate: Callable[[Path], object]
+) -> Path:
+    """Unless `out_dir` holds a complete phantom of `parameters`, `generate` one into a sibling
+    folder and rename it into place: an interrupted run leaves no half phantom behind, and
+    concurrent callers (e.g. several ranks) do not write into each other's files. A phantom of
+    other parameters, of either kind, is replaced; any other non-empty folder raises DataError."""
+    existing = completed_parameters(out_dir)
     if existing == parameters:
         return out_dir
     if existing is None and out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(
             f"{out_dir}: not a phantom folder and not empty; remove it or choose another"
         )
-
-    log.info("Generating %d BraTS phantom cases in %s", cases, out_dir)
+    log.info("Generating %d BraTS phantom cases in %s", parameters["cases"], out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     try:
-        generate_phantom(staging, cases, seed, shape, spacing, difficulty)
-        if out_dir.exists() and _completed_parameters(out_dir) != parameters:
+        generate(staging)
+        if out_dir.exists() and completed_parameters(out_dir) != parameters:
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     except OSError:
-        if _completed_parameters(out_dir) != parameters:
+        if completed_parameters(out_dir) != parameters:
             raise
         # Another process completed the same phantom first; keep theirs.
     finally:
@@ -283,7 +290,8 @@ def phantom_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _grade(index: int) -> str:
+def case_grade(index: int) -> str:
+    """Grades alternate, so that the classes are balanced."""
     return "HGG" if index % 2 == 0 else "LGG"
 
 
@@ -304,14 +312,16 @@ def _parameters(
     }
 
 
-def _completed_parameters(out_dir: Path) -> dict | None:
+def completed_parameters(out_dir: Path) -> dict | None:
+    """The parameters a complete phantom in `out_dir` was generated with; None if there is none."""
     try:
         return json.loads((out_dir / COMPLETION_MARKER).read_text())
     except (OSError, ValueError):
         return None
 
 
-def _save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """`volume` as NIfTI with `affine`, its units millimetres, as scanners write them."""
     image = nib.Nifti1Image(volume, affine)
     image.header.set_xyzt_units("mm")
     nib.save(image, path)
