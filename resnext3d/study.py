@@ -503,15 +503,29 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
     md_path = study.out_dir / "results.md"
     md_path.write_text("\n".join(lines) + "\n")
     png_path = study.out_dir / "results.png"
-    plot_results(rows, metric, png_path, title=study.name)
+    plot_results(rows, metric, png_path, study.name, paired_differences(study, rows))
     return [csv_path, md_path, png_path]
+
+
+def paired_differences(study: Study, rows: list[dict]) -> list[tuple[dict, PairedDifference]]:
+    """Each variant but the reference with its difference from the reference (see
+    :func:`paired_difference`); none where the study has no reference variant."""
+    reference = reference_row(study, rows)
+    if reference is None:
+        return []
+    return [
+        (row, paired_difference(row["values"], reference["values"]))
+        for row in rows
+        if row is not reference
+    ]
 
 
 def paired_table(study: Study, rows: list[dict], metric: str) -> list[str]:
     """Each variant minus the reference, paired by replicate (see :func:`paired_difference`)."""
-    reference = reference_row(study, rows)
-    if reference is None:
+    differences = paired_differences(study, rows)
+    if not differences:
         return []
+    reference = reference_row(study, rows)
     lines = [
         f"Paired with the reference block (C = {reference['C']}, d = {reference['d']}): the best "
         f"{metric} of each variant minus the reference's, run by run.",
@@ -520,10 +534,7 @@ def paired_table(study: Study, rows: list[dict], metric: str) -> list[str]:
         f"replicates for ±{TARGET_HALF_WIDTH:g} |",
         "|---|---|---|---|---|",
     ]
-    for row in rows:
-        if row is reference:
-            continue
-        difference = paired_difference(row["values"], reference["values"])
+    for row, difference in differences:
         interval = (
             f"[{difference.low:+.4f}, {difference.high:+.4f}]"
             if not math.isnan(difference.low)
@@ -536,9 +547,16 @@ def paired_table(study: Study, rows: list[dict], metric: str) -> list[str]:
     return lines
 
 
-def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
-    """The metric against C at equal complexity (mean ± std over seeds, each seed a grey dot), and
-    the 2×-complexity variants beside it on the same scale."""
+def plot_results(
+    rows: list[dict],
+    metric: str,
+    path: Path,
+    title: str,
+    differences: Sequence[tuple[dict, PairedDifference]] = (),
+) -> None:
+    """The metric against C at equal complexity (mean ± std over seeds, each seed a grey dot), the
+    2×-complexity variants beside it on the same scale, and each variant's paired difference from
+    the reference with its 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,8 +565,9 @@ def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
     equal = [row for row in rows if row["group"] == "equal"]
     double = [row for row in rows if row["group"] != "equal"]
     figure, axes = plt.subplots(
-        1, 2, figsize=(8, 3.6), sharey=True, gridspec_kw={"width_ratios": [3, max(1, len(double))]}
+        1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, max(1, len(double)), 3]}
     )
+    axes[1].sharey(axes[0])
     axes[0].errorbar(
         [row["C"] for row in equal],
         [row["mean"] for row in equal],
@@ -584,10 +603,32 @@ def plot_results(rows: list[dict], metric: str, path: Path, title: str) -> None:
         axes[1].grid(alpha=0.3)
     else:
         axes[1].set_visible(False)
-    figure.suptitle(f"{title}: mean ± std over seeds")
+    _plot_differences(axes[2], differences, metric)
+    figure.suptitle(f"{title}: mean ± std over seeds; paired differences with 95% intervals")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _plot_differences(
+    axes, differences: Sequence[tuple[dict, PairedDifference]], metric: str
+) -> None:
+    if not differences:
+        axes.set_visible(False)
+        return
+    positions = list(range(len(differences)))
+    means = [difference.mean for _, difference in differences]
+    errors = [
+        [0 if math.isnan(d.low) else d.mean - d.low for _, d in differences],
+        [0 if math.isnan(d.high) else d.high - d.mean for _, d in differences],
+    ]
+    axes.errorbar(means, positions, xerr=errors, marker="o", linestyle="none", capsize=4)
+    axes.axvline(0, color="grey", linewidth=1)
+    axes.set_yticks(positions)
+    axes.set_yticklabels([row["variant"] for row, _ in differences], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"{metric} − reference's (paired, 95% CI)")
+    axes.grid(alpha=0.3)
 
 
 def _plot_seeds(axes, positions: Sequence[float], rows: list[dict]) -> None:
