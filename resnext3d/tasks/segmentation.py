@@ -189,11 +189,14 @@ class VolumeSegmenter(VolumeTask):
         loss = (self.loss.loss if self.deep_supervision else self.loss)(logits, targets)
         self.log_loss(stage, loss, len(targets))
         probabilities = torch.sigmoid(logits)
-        spacing = _voxel_spacing(batch["image"])
-        raw, masks = self._masks(probabilities, spacing)
         if self.scoring_grid == "resampled":
+            spacing = _voxel_spacing(batch["image"])
+            raw, masks = self._masks(probabilities, spacing)
             self._score(stage, raw, masks, targets, spacing, batch["case_id"])
         else:
+            # Post-processed on the files' grid only, where it is scored; the figure shows the
+            # thresholded masks of the network's grid.
+            masks = (probabilities > self.threshold).float()
             cases = zip(
                 batch["case_id"],
                 probabilities,
