@@ -8,10 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
 import resnext3d
 from resnext3d.cli import main
 from resnext3d.data import generate_phantom
+from resnext3d.data.errors import DataError
 from resnext3d.evaluation.evaluate import evaluate_main
 from resnext3d.tasks import VolumeSegmenter
 from resnext3d.training.visualize import orthogonal_slices, tumour_centre
@@ -119,3 +121,17 @@ def test_validation_scores_what_predict_writes_as_evaluate_scores_it(tmp_path, i
         (logged,) = list(csv.DictReader(handle))
     mean = np.mean([float(row["lesion_dice_wt"]) for row in validated.values()])
     assert float(logged["val/lesion_dice_wt"]) == pytest.approx(mean, rel=1e-5)
+
+
+def test_a_label_file_unreadable_at_validation_is_named(tmp_path):
+    """Scoring on the files' grid reads each case's label file again: one damaged since the data
+    check is a DataError naming it, not a traceback from nibabel."""
+    broken = tmp_path / "case_seg.nii.gz"
+    broken.write_bytes(b"\x1f\x8b not a complete gzip stream")
+    task = VolumeSegmenter(resnext3d.ResNeXtUNet("resnext14_tiny"))
+    meta = {"original_affine": torch.eye(4, dtype=torch.float64), "spatial_shape": (8, 8, 8)}
+    image = MetaTensor(torch.zeros(4, 8, 8, 8), affine=torch.eye(4), meta=meta)
+    with pytest.raises(DataError, match="case_seg.nii.gz: cannot read"):
+        task._score_on_file_grid(
+            "val", "case", torch.rand(3, 8, 8, 8), image, "brats2021", str(broken)
+        )
