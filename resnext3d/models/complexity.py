@@ -57,24 +57,28 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     return total
 
 
-def bottleneck_parameters(cardinality: int, width: int, spatial_dims: int = 2) -> int:
-    """Parameters of a conv2-stage bottleneck: C paths of 1×1 (256→d), 3×…×3 (d→d), 1×1 (d→256)."""
+def bottleneck_parameters(
+    cardinality: int, width: int, spatial_dims: int = 2, channels: int = BLOCK_CHANNELS
+) -> int:
+    """Parameters of a bottleneck with `channels` in and out: C paths of 1×1 (channels→d),
+    3×…×3 (d→d), 1×1 (d→channels); ResNeXt's conv2-stage block by default."""
     kernel = 3**spatial_dims
-    return cardinality * (BLOCK_CHANNELS * width + kernel * width * width + width * BLOCK_CHANNELS)
+    return cardinality * (channels * width + kernel * width * width + width * channels)
 
 
-def equal_complexity_width(cardinality: int, budget: int, spatial_dims: int) -> int:
+def equal_complexity_width(
+    cardinality: int, budget: int, spatial_dims: int, channels: int = BLOCK_CHANNELS
+) -> int:
     """The group width d whose block's parameter count is closest to ``budget`` for this C."""
     kernel = 3**spatial_dims
-    # C * (512 d + k d^2) = budget, solved for the positive root, then the nearer integer.
+    # C * (2 channels d + k d^2) = budget, solved for the positive root, then the nearer integer.
     root = (
-        -2 * BLOCK_CHANNELS
-        + math.sqrt((2 * BLOCK_CHANNELS) ** 2 + 4 * kernel * budget / cardinality)
+        -2 * channels + math.sqrt((2 * channels) ** 2 + 4 * kernel * budget / cardinality)
     ) / (2 * kernel)
     candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
     return min(
         candidates,
-        key=lambda d: abs(bottleneck_parameters(cardinality, d, spatial_dims) - budget),
+        key=lambda d: abs(bottleneck_parameters(cardinality, d, spatial_dims, channels) - budget),
     )
 
 
