@@ -7,15 +7,13 @@ from monai.transforms import Compose, LoadImaged
 
 from resnext3d.data.errors import DataError
 from resnext3d.data.regions import (
-    TUMOUR_LABELS,
     ConvertBratsRegionsToLabelsd,
     ConvertToBratsRegionsd,
     labels_to_regions,
     regions_to_labels,
 )
+from resnext3d.data.releases import RELEASES
 from resnext3d.data.transforms import data_errors_unwrapped
-
-RELEASES = list(TUMOUR_LABELS)
 
 # One voxel of each label value, in the order background, core, edema, enhancing.
 HAND_MADE = {
@@ -32,7 +30,7 @@ EXPECTED_REGIONS = [
 
 
 def random_label_map(release, shape=(1, 6, 7, 8), seed=0):
-    values = np.array(TUMOUR_LABELS[release].values)
+    values = np.array(RELEASES[release].labels.values)
     return np.random.default_rng(seed).choice(values, size=shape).astype(np.int16)
 
 
@@ -54,7 +52,7 @@ def test_decathlon_edema_is_not_tumour_core():
 @pytest.mark.parametrize("to_type", [np.asarray, torch.as_tensor, MetaTensor])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_every_value_gives_the_regions_of_its_tissue(release, to_type, dtype):
-    labels = TUMOUR_LABELS[release]
+    labels = RELEASES[release].labels
     label_map = random_label_map(release, seed=1)
     assert set(np.unique(label_map)) == set(labels.values)
     expected = np.stack(
@@ -88,7 +86,7 @@ def test_regions_are_nested_and_round_trip_to_the_label_map(release, to_type):
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_inverse_reads_predictions_as_nested(release):
-    labels = TUMOUR_LABELS[release]
+    labels = RELEASES[release].labels
     # Probabilities of TC, WT, ET for five voxels.
     probabilities = np.array(
         [

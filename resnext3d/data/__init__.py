@@ -1,4 +1,4 @@
-"""BraTS data: layouts, labels, validation, splits, transforms, a phantom and the data module."""
+"""BraTS data: releases, layouts, labels, checks, splits, transforms, phantoms, data modules."""
 
 from resnext3d.data.anatomical import (
     anatomical_case,
@@ -17,7 +17,7 @@ from resnext3d.data.labels import (
     grade_folder_labels,
     read_label_csv,
 )
-from resnext3d.data.layouts import MODALITIES, BratsCase, Release, discover_cases
+from resnext3d.data.layouts import BratsCase, discover_cases
 from resnext3d.data.phantom import (
     add_phantom_arguments,
     ensure_phantom,
@@ -32,6 +32,7 @@ from resnext3d.data.regions import (
     labels_to_regions,
     regions_to_labels,
 )
+from resnext3d.data.releases import MODALITIES, RELEASES, DatasetRelease, Release, TumourLabels
 from resnext3d.data.segmentation import BratsSegmentationData
 from resnext3d.data.splits import Split, holdout_split, kfold_split, load_split, save_split
 from resnext3d.data.transforms import (
@@ -46,6 +47,7 @@ __all__ = [
     "GRADE_CLASSES",
     "MODALITIES",
     "REGIONS",
+    "RELEASES",
     "ConvertBratsRegionsToLabelsd",
     "ConvertToBratsRegionsd",
     "BratsCase",
@@ -54,10 +56,12 @@ __all__ = [
     "BratsSegmentationData",
     "CaseLabels",
     "DataError",
+    "DatasetRelease",
     "LoadModalitiesd",
     "Problem",
     "Release",
     "Split",
+    "TumourLabels",
     "add_phantom_arguments",
     "anatomical_case",
     "assign_labels",

@@ -43,7 +43,6 @@ import numpy as np
 from scipy import ndimage
 
 from resnext3d.data.labels import NAME_MAPPING_FILE
-from resnext3d.data.layouts import MODALITIES
 from resnext3d.data.phantom import (
     COMPLETION_MARKER,
     case_grade,
@@ -51,6 +50,8 @@ from resnext3d.data.phantom import (
     generate_into_place,
     save_nifti,
 )
+from resnext3d.data.releases import MODALITIES
+from resnext3d.data.releases import RELEASES as DATASET_RELEASES
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ TEMPLATE_FILES = {
 GENERATOR_VERSION = 1
 
 _CASE_IDS = {"brats2021": "BraTS2021_{index:05d}", "brats2023": "BraTS-GLI-{index:05d}-000"}
-_SEPARATORS = {"brats2021": "_", "brats2023": "-"}
-_SUFFIXES = {"brats2021": ("flair", "t1", "t1ce", "t2"), "brats2023": ("t2f", "t1n", "t1c", "t2w")}
-# Label values of necrosis/non-enhancing core, edema and enhancing tumour.
-_LABELS = {"brats2021": (1, 2, 4), "brats2023": (1, 2, 3)}
 
 # Where the output volume is centred in MNI space (mm): the middle of the brain.
 _BRAIN_CENTRE_MNI = np.array([0.0, -17.0, 9.0])
@@ -300,11 +297,11 @@ def anatomical_case(
         scanner_rng, tissue, regions, enhancement, brain, subject.spacing, slice_thickness
     )
 
-    necrotic, edema, enhancing = _LABELS[release]
+    values = DATASET_RELEASES[release].labels
     labels = np.zeros(subject.box_shape, np.uint8)
-    labels[regions[0] > 0.5] = edema
-    labels[(regions[1:].sum(0) > 0.5) & (regions[1:].sum(0) >= regions[0])] = necrotic
-    labels[(regions[3] > 0.5) & (enhancement >= _ET_THRESHOLD)] = enhancing
+    labels[regions[0] > 0.5] = values.edema
+    labels[(regions[1:].sum(0) > 0.5) & (regions[1:].sum(0) >= regions[0])] = values.core
+    labels[(regions[3] > 0.5) & (enhancement >= _ET_THRESHOLD)] = values.enhancing
     labels[~brain] = 0
 
     full_images = np.zeros((len(MODALITIES), *shape), np.int16)
@@ -833,15 +830,16 @@ def generate_anatomical_phantom(
     (out_dir / COMPLETION_MARKER).unlink(missing_ok=True)
     started = time.perf_counter()
     ids, grades = [], []
-    separator = _SEPARATORS[release]
+    naming = DATASET_RELEASES[release]
     for index in range(cases):
         case = anatomical_case(seed, index, release, spacing, shape, slice_thickness)
         case_id = _CASE_IDS[release].format(index=index)
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
-        for suffix, image in zip(_SUFFIXES[release], case.images, strict=True):
-            save_nifti(image, case.affine, case_dir / f"{case_id}{separator}{suffix}.nii.gz")
-        save_nifti(case.label_map, case.affine, case_dir / f"{case_id}{separator}seg.nii.gz")
+        for suffix, image in zip(naming.channel_suffixes, case.images, strict=True):
+            save_nifti(image, case.affine, case_dir / f"{case_id}{naming.separator}{suffix}.nii.gz")
+        label_file = f"{case_id}{naming.separator}{naming.label_suffix}.nii.gz"
+        save_nifti(case.label_map, case.affine, case_dir / label_file)
         ids.append(case_id)
         grades.append(case.grade)
     log.info("%d anatomical phantom cases in %.1f s", cases, time.perf_counter() - started)

@@ -17,30 +17,20 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from monai.data import load_decathlon_datalist
 
 from resnext3d.data.errors import DataError, Problem, raise_for_problems
+from resnext3d.data.releases import MODALITIES, RELEASES, Release
 
-# The channel order of every image this package loads, whichever release the files come from.
-MODALITIES = ("flair", "t1", "t1ce", "t2")
-
-Release = Literal["brats2021", "brats2023", "decathlon"]
-
-# Each release's file-name suffix of the MODALITIES, in that order, and its separator.
-_MODALITY_SUFFIXES: dict[Release, tuple[str, ...]] = {
-    "brats2021": ("flair", "t1", "t1ce", "t2"),
-    "brats2023": ("t2f", "t1n", "t1c", "t2w"),
-}
-_SEPARATORS: dict[Release, str] = {"brats2021": "_", "brats2023": "-"}
-_SEGMENTATION_SUFFIX = "seg"
+# The file names of each release with a file per modality.
 _FILE_PATTERNS: dict[Release, re.Pattern[str]] = {
-    release: re.compile(
-        rf"(?P<case>.+){_SEPARATORS[release]}"
-        rf"(?P<suffix>{'|'.join((*suffixes, _SEGMENTATION_SUFFIX))})\.nii(\.gz)?"
+    name: re.compile(
+        rf"(?P<case>.+){re.escape(release.separator)}"
+        rf"(?P<suffix>{'|'.join((*release.channel_suffixes, release.label_suffix))})\.nii(\.gz)?"
     )
-    for release, suffixes in _MODALITY_SUFFIXES.items()
+    for name, release in RELEASES.items()
+    if release.channel_suffixes
 }
 GRADE_FOLDERS = ("HGG", "LGG")
 # A release's few cases among another's are named by their first ids, enough to find them.
@@ -57,9 +47,8 @@ class BratsCase:
             file whose channels are already in that order. A path may not exist yet: discovery
             follows the naming scheme and `validate_cases` reports missing files.
         label_map: the segmentation file, or None where the release ships none for the case.
-        release: the naming and label-value convention. "brats2021" covers 2018-2021 (1 necrosis,
-            2 edema, 4 enhancing), "brats2023" uses 3 for enhancing, and "decathlon" uses
-            1 edema, 2 non-enhancing tumour, 3 enhancing.
+        release: the naming and label-value convention, a key of
+            :data:`resnext3d.data.releases.RELEASES`.
         grade: "HGG" or "LGG" where a 2018/19 grade folder holds the case, else None.
     """
 
@@ -191,9 +180,9 @@ def _walk(root: Path) -> tuple[list[Path], list[Problem]]:
 
 def _role(release: Release, suffix: str) -> str:
     """The modality name (``MODALITIES``) of a file-name suffix, or "the label map"."""
-    if suffix == _SEGMENTATION_SUFFIX:
+    if suffix == RELEASES[release].label_suffix:
         return "the label map"
-    return MODALITIES[_MODALITY_SUFFIXES[release].index(suffix)]
+    return MODALITIES[RELEASES[release].channel_suffixes.index(suffix)]
 
 
 def _mixed_release_problems(cases: list[BratsCase]) -> list[Problem]:
@@ -223,14 +212,16 @@ def _brats_case(
     # A missing modality gets the path the naming scheme expects, for validation to report.
     extension = ".nii.gz" if next(iter(files.values())).name.endswith(".gz") else ".nii"
 
+    naming = RELEASES[release]
+
     def path_of(suffix: str) -> Path:
-        return files.get(suffix, folder / f"{case_id}{_SEPARATORS[release]}{suffix}{extension}")
+        return files.get(suffix, folder / f"{case_id}{naming.separator}{suffix}{extension}")
 
     grade_folders = [part for part in folder.relative_to(root).parts if part in GRADE_FOLDERS]
     return BratsCase(
         case_id=case_id,
-        images=tuple(path_of(suffix) for suffix in _MODALITY_SUFFIXES[release]),
-        label_map=files.get(_SEGMENTATION_SUFFIX),
+        images=tuple(path_of(suffix) for suffix in naming.channel_suffixes),
+        label_map=files.get(naming.label_suffix),
         release=release,
         grade=grade_folders[-1] if grade_folders else None,
     )

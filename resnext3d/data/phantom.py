@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from resnext3d.data.errors import DataError
 from resnext3d.data.labels import NAME_MAPPING_FILE
-from resnext3d.data.layouts import MODALITIES
+from resnext3d.data.releases import MODALITIES, RELEASES
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,13 @@ TISSUE_CONTRAST = np.array(
 )
 # The brain (CSF, grey and white matter) fills the head ellipsoid up to this fraction of its radius.
 BRAIN_RADIUS = 0.90
-# BraTS 2018-2021 segmentation label of each tissue: 1 necrosis/non-enhancing, 2 edema, 4 enhancing.
-TISSUE_LABEL = np.array([0, 0, 0, 0, 0, 2, 1, 4, 1], dtype=np.uint8)
+# The phantom is a BraTS 2018-2021 data set: its file names and label values.
+RELEASE = RELEASES["brats2021"]
+# The label of each tissue class.
+_LABELS = RELEASE.labels
+TISSUE_LABEL = np.array(
+    [0, 0, 0, 0, 0, _LABELS.edema, _LABELS.core, _LABELS.enhancing, _LABELS.core], dtype=np.uint8
+)
 
 
 def generate_phantom(
@@ -112,9 +117,10 @@ def generate_phantom(
         case_id = f"{CASE_PREFIX}{index:05d}"
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
-        for modality, image in zip(MODALITIES, images, strict=True):
-            save_nifti(image, affine, case_dir / f"{case_id}_{modality}.nii.gz")
-        save_nifti(label_map, affine, case_dir / f"{case_id}_seg.nii.gz")
+        for suffix, image in zip(RELEASE.channel_suffixes, images, strict=True):
+            save_nifti(image, affine, case_dir / f"{case_id}{RELEASE.separator}{suffix}.nii.gz")
+        label_file = f"{case_id}{RELEASE.separator}{RELEASE.label_suffix}.nii.gz"
+        save_nifti(label_map, affine, case_dir / label_file)
 
     # The BraTS 2020 grade file; the real one has more id columns, which nothing here reads.
     with (out_dir / NAME_MAPPING_FILE).open("w", newline="") as file:

@@ -1,15 +1,8 @@
 """BraTS label maps as the three nested tumour regions a segmentation network predicts, and back.
 
 Region channels, in this order: TC (tumour core), WT (whole tumour), ET (enhancing tumour), with
-ET ⊆ TC ⊆ WT. Every release labels the same three tissues, with its own values:
-
-============  ==========================  =======  =========
-release       core (necrotic/non-enh.)    edema    enhancing
-============  ==========================  =======  =========
-brats2021     1                           2        4
-brats2023     1                           2        3
-decathlon     2                           1        3
-============  ==========================  =======  =========
+ET ⊆ TC ⊆ WT. Every release labels the same three tissues, with its own values
+(:mod:`resnext3d.data.releases`).
 
 TC = core ∪ enhancing, WT = core ∪ edema ∪ enhancing, ET = enhancing. The functions take NumPy
 arrays or torch tensors (MetaTensors keep their metadata) and return the same type.
@@ -18,7 +11,6 @@ arrays or torch tensors (MetaTensors keep their metadata) and return the same ty
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
 
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
@@ -33,30 +25,14 @@ from monai.utils import (
 )
 
 from resnext3d.data.errors import DataError
-from resnext3d.data.layouts import Release
+from resnext3d.data.releases import RELEASES, Release, TumourLabels
 
 REGIONS = ("TC", "WT", "ET")
 
 
-@dataclass(frozen=True)
-class TumourLabels:
-    """One release's label value of each tumour tissue; 0 is background in every release."""
-
-    core: int  # necrotic (and, before 2023, non-enhancing) tumour core
-    edema: int
-    enhancing: int
-
-    @property
-    def values(self) -> tuple[int, ...]:
-        return (0, self.core, self.edema, self.enhancing)
-
-
-TUMOUR_LABELS: dict[Release, TumourLabels] = {
-    "brats2021": TumourLabels(core=1, edema=2, enhancing=4),
-    "brats2023": TumourLabels(core=1, edema=2, enhancing=3),
-    # Not BraTS's order: 1 is edema here (MONAI's Decathlon tutorial takes 1 for the core).
-    "decathlon": TumourLabels(core=2, edema=1, enhancing=3),
-}
+def tumour_labels(release: Release) -> TumourLabels:
+    """The release's label values; an unknown release is a ValueError naming the known ones."""
+    return look_up_option(release, RELEASES).labels
 
 
 def labels_to_regions(
@@ -76,14 +52,14 @@ def labels_to_regions(
     Raises:
         DataError: the map holds values that are not the release's labels.
     """
-    labels = look_up_option(release, TUMOUR_LABELS)
+    labels = tumour_labels(release)
     tensor = convert_to_tensor(label_map, track_meta=False)
     if tensor.ndim > 0 and tensor.shape[0] == 1:
         tensor = tensor[0]
     check_label_values(tensor, release, filename)
     # MONAI's converter reads BraTS 2018-2021 values only: its `et_label` for 2023 came with
     # MONAI 1.6, and the Decathlon swaps core and edema. So every map is translated first.
-    as_brats2021 = MapLabelValue(labels.values, TUMOUR_LABELS["brats2021"].values, torch.uint8)
+    as_brats2021 = MapLabelValue(labels.values, tumour_labels("brats2021").values, torch.uint8)
     regions = ConvertToMultiChannelBasedOnBratsClasses()(as_brats2021(tensor))
     return convert_to_dst_type(regions, dst=label_map, dtype=dtype)[0]
 
@@ -98,7 +74,7 @@ def regions_to_labels(
     not: a voxel is background unless in WT; inside WT it is edema unless in TC; inside TC it is
     core unless in ET, then enhancing.
     """
-    labels = look_up_option(release, TUMOUR_LABELS)
+    labels = tumour_labels(release)
     tensor = convert_to_tensor(regions, track_meta=False)
     if tensor.ndim < 2 or tensor.shape[0] != len(REGIONS):
         raise ValueError(
@@ -120,14 +96,16 @@ def check_label_values(
 ) -> None:
     """Raise a DataError, naming ``filename`` where known, if the map holds values other than
     the release's labels (e.g. a 3 in a BraTS 2021 map, or fractions from linear resampling)."""
-    labels = look_up_option(release, TUMOUR_LABELS)
+    labels = tumour_labels(release)
     tensor = convert_to_tensor(label_map, track_meta=False)
     known = torch.isin(tensor, tensor.new_tensor(labels.values))
     if known.all():
         return
     unknown = torch.unique(tensor[~known]).tolist()
     present = set(torch.unique(tensor).tolist())
-    other_releases = [name for name, other in TUMOUR_LABELS.items() if present <= set(other.values)]
+    other_releases = [
+        name for name, other in RELEASES.items() if present <= set(other.labels.values)
+    ]
     hint = f"; its values fit {', '.join(other_releases)}" if other_releases else ""
     source = f"{filename}: " if filename else ""
     raise DataError(
@@ -150,7 +128,7 @@ class ConvertToBratsRegionsd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        look_up_option(release, TUMOUR_LABELS)  # an unknown release fails here, not mid-epoch
+        tumour_labels(release)  # an unknown release fails here, not mid-epoch
         self.release = release
         self.dtype = dtype
 
@@ -177,7 +155,7 @@ class ConvertBratsRegionsToLabelsd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        look_up_option(release, TUMOUR_LABELS)  # an unknown release fails here, not mid-epoch
+        tumour_labels(release)  # an unknown release fails here, not mid-epoch
         self.release = release
         self.threshold = threshold
 

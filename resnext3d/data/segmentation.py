@@ -9,8 +9,9 @@ from monai.data import DataLoader
 from monai.transforms import Compose
 
 from resnext3d.data.datamodule import BratsDataModule
-from resnext3d.data.layouts import BratsCase, Release
+from resnext3d.data.layouts import BratsCase
 from resnext3d.data.regions import REGIONS
+from resnext3d.data.releases import Release
 from resnext3d.data.transforms import (
     CASE_ID_KEY,
     IMAGE_KEY,

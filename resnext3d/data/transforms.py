@@ -38,8 +38,8 @@ from monai.transforms import (
 from monai.utils import ensure_tuple
 
 from resnext3d.data.errors import DataError
-from resnext3d.data.layouts import Release
 from resnext3d.data.regions import ConvertToBratsRegionsd
+from resnext3d.data.releases import Release
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"

@@ -25,8 +25,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from resnext3d.data.errors import DataError, Problem, raise_for_problems
-from resnext3d.data.layouts import MODALITIES, BratsCase
+from resnext3d.data.layouts import BratsCase
 from resnext3d.data.regions import check_label_values
+from resnext3d.data.releases import MODALITIES, RELEASES
 
 # World coordinates of co-registered files agree far better than this (mm).
 _AFFINE_TOLERANCE_MM = 1e-3
@@ -187,7 +188,8 @@ def _files(case: BratsCase, label_maps: LabelMaps) -> Iterator[tuple[str, Path]]
 
 
 def _expected_ndim(case: BratsCase, role: str) -> int:
-    return 4 if case.release == "decathlon" and role != SEG_ROLE else 3
+    release = RELEASES[case.release]
+    return release.spatial_dims if role == SEG_ROLE else release.image_ndim
 
 
 def _scan_file(scan: FileScan, case: BratsCase, full: bool) -> FileScan:

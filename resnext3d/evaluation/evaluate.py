@@ -23,8 +23,9 @@ import nibabel as nib
 import numpy as np
 
 from resnext3d.data.errors import DataError, Problem
-from resnext3d.data.layouts import Release, find_cases
-from resnext3d.data.regions import REGIONS, TUMOUR_LABELS
+from resnext3d.data.layouts import find_cases
+from resnext3d.data.regions import REGIONS
+from resnext3d.data.releases import RELEASES, Release
 from resnext3d.evaluation.lesionwise import (
     GLIOMA_DILATION_ITERATIONS,
     MIN_LESION_MM3,
@@ -70,7 +71,12 @@ COLUMNS = ["case_id", "prediction", *SCORE_COLUMNS]
 STATISTICS = ("mean", "std", "median")
 # Affines written by different tools from one grid differ by float32 rounding, far below this.
 AFFINE_TOLERANCE_MM = 1e-3
-_SEGMENTATION_SUFFIXES = ("_seg", "-seg")
+# The label-map suffixes of the releases that name files by suffix ("_seg", "-seg").
+_SEGMENTATION_SUFFIXES = tuple(
+    f"{release.separator}{release.label_suffix}"
+    for release in RELEASES.values()
+    if release.channel_suffixes
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--release",
-        choices=("auto", *TUMOUR_LABELS),
+        choices=("auto", *RELEASES),
         default="auto",
         help="whose label values both use (default: the Decathlon's for a Decathlon folder, "
         "else each case's enhancing label: BraTS 2021's 4 or BraTS 2023's 3 in the reference, or "
@@ -343,7 +349,7 @@ def _release(
     # tumour (most low grades) has the same regions in both releases.
     for label_map in (expected, predicted):
         for release in ("brats2021", "brats2023"):
-            if (label_map == TUMOUR_LABELS[release].enhancing).any():
+            if (label_map == RELEASES[release].labels.enhancing).any():
                 return release
     return "brats2023"
 

@@ -41,8 +41,8 @@ import torch
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
-from resnext3d.data.layouts import Release
 from resnext3d.data.regions import REGIONS, labels_to_regions
+from resnext3d.data.releases import Release
 
 GLIOMA_DILATION_ITERATIONS = 3
 MIN_LESION_MM3 = 50.0

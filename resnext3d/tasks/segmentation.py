@@ -18,7 +18,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceFocalLoss
 from monai.utils import convert_to_tensor
 
-from resnext3d.data.layouts import Release
+from resnext3d.data.releases import Release
 from resnext3d.data.regions import labels_to_regions, regions_to_labels
 from resnext3d.data.transforms import to_file_grid
 from resnext3d.evaluation.evaluate import read_label_map
