@@ -58,8 +58,9 @@ def main() -> None:
         for cl, dtype in ((False, torch.bfloat16), (True, torch.bfloat16), (False, None))
     ]  # fmt: skip
     rows += [
-        ("ResNeXtUNet resnext50_32x4d", lambda: resnext3d.ResNeXtUNet("resnext50_32x4d",
-         in_channels=4, out_channels=3, upsample="nontrainable"), segmentation, cl, torch.bfloat16)
+        ("ResNeXtUNet resnext50_32x4d", lambda: resnext3d.ResNeXtUNet(resnext3d.create_model(
+         "resnext50_32x4d", in_channels=4, features_only=True), out_channels=3,
+         upsample="nontrainable"), segmentation, cl, torch.bfloat16)
         for cl in (False, True)
     ]  # fmt: skip
     rows += [

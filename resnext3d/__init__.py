@@ -3,6 +3,7 @@
 from resnext3d.models import (
     PlannedResNeXtUNet,
     ResNeXt,
+    ResNeXtFeatures,
     ResNeXtUNet,
     create_model,
     list_models,
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PlannedResNeXtUNet",
     "ResNeXt",
+    "ResNeXtFeatures",
     "ResNeXtUNet",
     "__version__",
     "create_model",

@@ -212,7 +212,7 @@ def test_without_nilearn_it_names_the_extra(tmp_path, monkeypatch):
 def test_the_data_module_trains_a_step_on_it(in_tmp_dir):
     from lightning import Trainer
 
-    from resnext3d import ResNeXtUNet
+    from resnext3d import ResNeXtUNet, create_model
     from resnext3d.data import BratsSegmentationData
     from resnext3d.data.datamodule import PHANTOM_DIR
     from resnext3d.tasks import VolumeSegmenter
@@ -228,7 +228,8 @@ def test_the_data_module_trains_a_step_on_it(in_tmp_dir):
         val_fraction=0.5,
     )
     assert data._phantom_dir() == PHANTOM_DIR.with_name("phantom_brats_anatomical")
-    network = ResNeXtUNet("resnext14_tiny", decoder_channels=(64, 32, 16, 16, 8))
+    encoder = create_model("resnext14_tiny", in_channels=4, features_only=True)
+    network = ResNeXtUNet(encoder, decoder_channels=(64, 32, 16, 16, 8))
     model = VolumeSegmenter(network, sliding_window_size=(32, 32, 32))
     trainer = Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False)
     trainer.fit(model, datamodule=data)

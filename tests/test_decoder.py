@@ -18,6 +18,10 @@ def volume(*spatial, batch=1, channels=4):
     return torch.randn(batch, channels, *spatial)
 
 
+def encoder(name=TINY, **kwargs):
+    return resnext3d.create_model(name, features_only=True, **{"in_channels": 4, **kwargs})
+
+
 @torch.no_grad()
 def infer(model, x):
     return model.eval()(x)
@@ -25,20 +29,20 @@ def infer(model, x):
 
 @pytest.mark.parametrize("name", [TINY, "resnet18", "resnext50_32x4d"])
 def test_output_has_the_input_size_for_several_presets(name):
-    model = ResNeXtUNet(name, in_channels=4, out_channels=3)
+    model = ResNeXtUNet(encoder(name), out_channels=3)
     assert infer(model, volume(32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
 
 @pytest.mark.parametrize("spatial", [(64, 32, 96), (32, 64, 32)])
 @pytest.mark.parametrize("upsample", ["deconv", "nontrainable"])
 def test_output_has_the_input_size_for_non_cubic_inputs(spatial, upsample):
-    model = ResNeXtUNet(TINY, in_channels=4, out_channels=2, upsample=upsample)
+    model = ResNeXtUNet(encoder(), out_channels=2, upsample=upsample)
     assert infer(model, volume(*spatial)).shape == (1, 2, *spatial)
 
 
 @pytest.mark.parametrize("upsample", ["deconv", "nontrainable"])
 def test_anisotropic_strides_upsample_by_each_axis_ratio(upsample):
-    model = ResNeXtUNet(TINY, encoder_kwargs=ANISOTROPIC, upsample=upsample)
+    model = ResNeXtUNet(encoder(**ANISOTROPIC), upsample=upsample)
     assert model.encoder.feature_info.strides() == [
         (1, 2, 2),
         (1, 4, 4),
@@ -53,20 +57,20 @@ def test_anisotropic_strides_upsample_by_each_axis_ratio(upsample):
 
 
 def test_2d_unet():
-    model = ResNeXtUNet(TINY, in_channels=3, out_channels=5, spatial_dims=2)
+    model = ResNeXtUNet(encoder(in_channels=3, spatial_dims=2), out_channels=5)
     assert infer(model, volume(64, 96, channels=3)).shape == (1, 5, 64, 96)
     assert all(not isinstance(m, nn.Conv3d) for m in model.modules())
 
 
 def test_first_feature_at_stride_4_still_decodes_to_full_resolution():
-    encoder = resnext3d.create_model(TINY, in_channels=4, features_only=True, out_indices=(1, 2))
-    model = ResNeXtUNet(encoder, in_channels=4, out_channels=1, decoder_channels=(32, 16))
-    assert model.encoder is encoder
+    stride_4 = encoder(out_indices=(1, 2))
+    model = ResNeXtUNet(stride_4, out_channels=1, decoder_channels=(32, 16))
+    assert model.encoder is stride_4
     assert infer(model, volume(32, 32, 32)).shape == (1, 1, 32, 32, 32)
 
 
 def test_deep_supervision_stacks_upsampled_logits_in_training_and_backward_reaches_all():
-    model = ResNeXtUNet(TINY, out_channels=3, deep_supervision=True, deep_supervision_heads=3)
+    model = ResNeXtUNet(encoder(), out_channels=3, deep_supervision=True, deep_supervision_heads=3)
     # Batch 2: training-mode batch norm needs more than one value per channel at the 1³ bottom.
     x = volume(32, 32, 32, batch=2)
     stacked = model(x)
@@ -85,7 +89,7 @@ def test_deep_supervision_stacks_upsampled_logits_in_training_and_backward_reach
 
 def test_deep_supervision_heads_must_leave_the_final_stage():
     with pytest.raises(ValueError, match="deep_supervision_heads must be between 1 and 4"):
-        ResNeXtUNet(TINY, deep_supervision=True, deep_supervision_heads=5)
+        ResNeXtUNet(encoder(), deep_supervision=True, deep_supervision_heads=5)
 
 
 @pytest.mark.parametrize(
@@ -97,13 +101,13 @@ def test_deep_supervision_heads_must_leave_the_final_stage():
     ],
 )
 def test_sizes_the_total_stride_does_not_divide_are_rejected(encoder_kwargs, spatial, message):
-    model = ResNeXtUNet(TINY, encoder_kwargs=encoder_kwargs)
+    model = ResNeXtUNet(encoder(**encoder_kwargs))
     with pytest.raises(ValueError, match=message):
         infer(model, volume(*spatial))
 
 
 def test_norm_and_act_by_name_reach_every_decoder_layer():
-    model = ResNeXtUNet(TINY, norm="group", act="prelu", encoder_kwargs={"norm": "instance"})
+    model = ResNeXtUNet(encoder(norm="instance"), norm="group", act="prelu")
     decoder = [model.input_skip, *model.stages]
     norms = [m for part in decoder for m in part.modules() if isinstance(m, nn.GroupNorm)]
     acts = [m for part in decoder for m in part.modules() if isinstance(m, nn.PReLU)]
@@ -114,18 +118,20 @@ def test_norm_and_act_by_name_reach_every_decoder_layer():
 
 
 def test_mismatched_arguments_are_rejected():
-    encoder = resnext3d.create_model(TINY, in_channels=4, features_only=True)
     with pytest.raises(ValueError, match="one entry per decoder stage \\(5, deepest first\\)"):
-        ResNeXtUNet(TINY, decoder_channels=(64, 32, 16))
-    with pytest.raises(ValueError, match="takes 4 channels in 3D"):
-        ResNeXtUNet(encoder, in_channels=1)
-    with pytest.raises(ValueError, match="features_only"):
-        ResNeXtUNet(resnext3d.create_model(TINY, in_channels=4), in_channels=4)
+        ResNeXtUNet(encoder(), decoder_channels=(64, 32, 16))
+    with pytest.raises(TypeError, match="ResNeXtFeatures.* not a ResNeXt"):
+        ResNeXtUNet(resnext3d.create_model(TINY, in_channels=4))
+
+
+def test_the_input_skip_takes_the_encoders_input_channels():
+    model = ResNeXtUNet(encoder(in_channels=1))
+    assert infer(model, volume(32, 32, 32, channels=1)).shape == (1, 3, 32, 32, 32)
 
 
 def test_encoder_is_exposed_for_pretrained_weights():
-    model = ResNeXtUNet(TINY, in_channels=4)
-    source = resnext3d.create_model(TINY, in_channels=4, features_only=True)
+    model = ResNeXtUNet(encoder())
+    source = encoder()
     resnext3d.load_pretrained(model.encoder, source.state_dict())
     torch.testing.assert_close(model.encoder.conv1.weight, source.conv1.weight)
 
@@ -169,7 +175,7 @@ def test_registered_channels_are_those_of_the_built_encoders():
 def test_flexible_unet_pretrained_takes_a_checkpoint_path_not_true(tmp_path):
     with pytest.raises(ValueError, match="no weights to download"):
         FlexibleUNet(4, 3, backbone=TINY, spatial_dims=3, pretrained=True)
-    source = resnext3d.create_model(TINY, in_channels=4, features_only=True)
+    source = encoder()
     torch.save(source.state_dict(), tmp_path / "encoder.pt")
     model = FlexibleUNet(4, 3, backbone=TINY, spatial_dims=3, pretrained=tmp_path / "encoder.pt")
     torch.testing.assert_close(model.encoder.layer4[0].conv2.weight, source.layer4[0].conv2.weight)

@@ -71,7 +71,8 @@ def test_the_ensemble_returns_the_logits_of_the_mean_probability():
     networks = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        unet = resnext3d.ResNeXtUNet("resnext14_tiny", decoder_channels=(64, 32, 16, 16, 8))
+        encoder = resnext3d.create_model("resnext14_tiny", in_channels=4, features_only=True)
+        unet = resnext3d.ResNeXtUNet(encoder, decoder_channels=(64, 32, 16, 16, 8))
         networks.append(unet.eval())
     ensemble = ProbabilityEnsemble(networks, "sigmoid").eval()
     with torch.no_grad():

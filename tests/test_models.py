@@ -7,7 +7,7 @@ import torch.nn as nn
 from fixtures.reference_weights import reference_input, reference_state_dict
 
 import resnext3d
-from resnext3d.models import PRESETS, ResNeXt, count_parameters, load_pretrained
+from resnext3d.models import PRESETS, ResNeXt, ResNeXtFeatures, count_parameters, load_pretrained
 from resnext3d.models.resnext import BasicBlock, Bottleneck
 from resnext3d.models.weights import adapt_input_channels, inflate_kernel, read_state_dict
 
@@ -71,12 +71,46 @@ def test_feature_maps_and_feature_info_of_the_3d_encoder():
         assert feature.shape == (1, channels, *(3 * [64 // reduction]))
 
 
-def test_out_indices_select_feature_maps():
-    encoder = resnext3d.create_model(
-        "resnext14_tiny", in_channels=4, features_only=True, out_indices=(1, 3)
-    )
+def test_out_indices_select_feature_maps_and_deeper_stages_do_not_run():
+    encoder = ResNeXtFeatures("resnext14_tiny", in_channels=4, out_indices=(1, 3))
+    stage_4_calls = []
+    encoder.layer4.register_forward_hook(lambda *_: stage_4_calls.append(1))
     features = encoder(volume())
     assert [f.shape[1] for f in features] == encoder.feature_info.channels() == [128, 512]
+    assert encoder.feature_info.reduction() == [4, 16]
+    assert not stage_4_calls
+
+
+def test_the_encoder_has_no_classifier():
+    encoder = resnext3d.create_model("resnext14_tiny", features_only=True)
+    assert isinstance(encoder, ResNeXtFeatures)
+    assert not any(key.startswith("fc.") for key in encoder.state_dict())
+    with pytest.raises(TypeError, match="num_classes"):
+        ResNeXtFeatures("resnext14_tiny", num_classes=2)
+
+
+def test_forward_intermediates_takes_maps_as_timm_does():
+    model = resnext3d.create_model("resnext14_tiny", in_channels=4, num_classes=2).eval()
+    x = volume(batch=1)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert [m.shape[1:] for m in maps] == [
+            (channels, *3 * [32 // reduction])
+            for channels, reduction in zip(
+                model.feature_info.channels(), model.feature_info.reduction(), strict=True
+            )
+        ]
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(model.forward_head(final), model(x))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [m.shape[1] for m in last_two] == [512, 1024]
+        chosen = model.forward_intermediates(x, indices=(-2, 0), intermediates_only=True)
+        assert [m.shape[1] for m in chosen] == [32, 512]  # shallowest first
+        final, (stage_1,) = model.forward_intermediates(x, indices=(1,), stop_early=True)
+        assert final is stage_1
+    for indices in [(5,), (1, -4), (), 0, 6]:
+        with pytest.raises(ValueError, match="feature maps|feature map indices"):
+            model.forward_intermediates(x, indices=indices)
 
 
 def test_anisotropic_strides_are_reported_per_axis():
@@ -148,6 +182,7 @@ def test_group_norm_defaults_to_groups_that_divide_the_channels():
 def test_activation_by_name_replaces_every_relu():
     model = resnext3d.create_model("resnext14_tiny", act="gelu", se_reduction=4)
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert isinstance(model.act1, nn.GELU)
     assert sum(isinstance(m, nn.GELU) for m in model.modules()) == 1 + 4 * (3 + 1)
 
 

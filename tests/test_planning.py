@@ -124,8 +124,8 @@ def test_an_input_skip_needs_an_encoder_below_full_resolution():
         "resnext14_tiny", in_channels=4, features_only=True, stem_stride=1, no_max_pool=True
     )
     with pytest.raises(ValueError, match="input_skip"):
-        ResNeXtUNet(encoder, in_channels=4, decoder_channels=None, input_skip=True)
-    model = ResNeXtUNet(encoder, in_channels=4, decoder_channels=None)
+        ResNeXtUNet(encoder, decoder_channels=None, input_skip=True)
+    model = ResNeXtUNet(encoder, decoder_channels=None)
     assert model(torch.randn(1, 4, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from resnext3d import ResNeXtUNet
+from resnext3d import ResNeXtUNet, create_model
 from resnext3d.cli import main
 from resnext3d.tasks import RegionPostprocessing, VolumeSegmenter
 
@@ -30,7 +30,8 @@ def test_small_components_and_small_enhancing_predictions_are_removed():
 
 
 def test_mirroring_averages_the_logits_of_every_flip():
-    network = ResNeXtUNet("resnext14_tiny", decoder_channels=(64, 32, 16, 16, 8)).eval()
+    encoder = create_model("resnext14_tiny", in_channels=4, features_only=True)
+    network = ResNeXtUNet(encoder, decoder_channels=(64, 32, 16, 16, 8)).eval()
     plain = VolumeSegmenter(network, sliding_window_size=(32, 32, 32))
     mirrored = VolumeSegmenter(network, sliding_window_size=(32, 32, 32), mirror_axes=(0, 2))
     image = torch.randn(1, 4, 32, 32, 32)

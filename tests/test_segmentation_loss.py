@@ -8,7 +8,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from monai.losses import DiceLoss
 
-from resnext3d import ResNeXtUNet
+from resnext3d import ResNeXtUNet, create_model
 from resnext3d.tasks import VolumeSegmenter
 
 CONFIG = Path(__file__).parents[1] / "experiments" / "brats_seg.yaml"
@@ -28,7 +28,8 @@ def test_the_experiments_loss_is_dice_plus_per_channel_binary_cross_entropy():
     targets[:, 1] = torch.maximum(targets[:, 1], targets[:, 0])  # WT holds TC: regions overlap
     expected = DiceLoss(sigmoid=True, batch=True)(logits, targets)
     expected = expected + F.binary_cross_entropy_with_logits(logits, targets)
-    network = ResNeXtUNet("resnext14_tiny", decoder_channels=(64, 32, 16, 16, 8))
+    encoder = create_model("resnext14_tiny", in_channels=4, features_only=True)
+    network = ResNeXtUNet(encoder, decoder_channels=(64, 32, 16, 16, 8))
     for loss in (configured_loss(), VolumeSegmenter(network).loss):  # the config's, the default
         torch.testing.assert_close(loss(logits, targets), expected)
 

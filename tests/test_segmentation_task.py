@@ -64,8 +64,9 @@ def test_predict_writes_masks_on_the_input_grid_in_release_values(tiny_phantom, 
 
 
 def test_deep_supervision_trains_on_every_head():
+    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4, features_only=True)
     network = resnext3d.ResNeXtUNet(
-        "resnext14_tiny", decoder_channels=(64, 32, 16, 16, 8), deep_supervision=True
+        encoder, decoder_channels=(64, 32, 16, 16, 8), deep_supervision=True
     )
     task = VolumeSegmenter(network)
     batch = {
@@ -128,7 +129,8 @@ def test_a_label_file_unreadable_at_validation_is_named(tmp_path):
     check is a DataError naming it, not a traceback from nibabel."""
     broken = tmp_path / "case_seg.nii.gz"
     broken.write_bytes(b"\x1f\x8b not a complete gzip stream")
-    task = VolumeSegmenter(resnext3d.ResNeXtUNet("resnext14_tiny"))
+    encoder = resnext3d.create_model("resnext14_tiny", in_channels=4, features_only=True)
+    task = VolumeSegmenter(resnext3d.ResNeXtUNet(encoder))
     meta = {"original_affine": torch.eye(4, dtype=torch.float64), "spatial_shape": (8, 8, 8)}
     image = MetaTensor(torch.zeros(4, 8, 8, 8), affine=torch.eye(4), meta=meta)
     with pytest.raises(DataError, match="case_seg.nii.gz: cannot read"):

@@ -8,7 +8,7 @@ from resnext3d.models.ensemble import ProbabilityEnsemble
 from resnext3d.models.planning import UNET_PRESETS, PlannedResNeXtUNet, plan_strides
 from resnext3d.models.presets import PRESETS
 from resnext3d.models.registry import create_model, list_models
-from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt
+from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt, ResNeXtFeatures
 from resnext3d.models.weights import inflate_kernel, load_pretrained, read_state_dict
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "PlannedResNeXtUNet",
     "ProbabilityEnsemble",
     "ResNeXt",
+    "ResNeXtFeatures",
     "ResNeXtUNet",
     "count_macs",
     "count_parameters",

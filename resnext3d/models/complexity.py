@@ -1,9 +1,4 @@
-"""Model complexity counted analytically: parameters and multiply-adds (MACs).
-
-MACs come from each convolution's and linear layer's output shape during one forward pass, which
-is what the ResNeXt paper reports as FLOPs. ``torch.utils.flop_counter`` is avoided on purpose:
-in torch 2.13 it overcounts grouped-convolution backward by a factor of ``groups``.
-"""
+"""Model complexity: parameters, multiply-adds (MACs) and the paper's equal-complexity widths."""
 
 from __future__ import annotations
 
@@ -12,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 # (C, d) of the paper's Table 2: conv2-stage blocks of about equal complexity in 2D.
 PAPER_TABLE2 = ((1, 64), (2, 40), (4, 24), (8, 14), (32, 4))
@@ -23,38 +19,21 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-adds of one forward pass of an input of ``input_shape`` (batch included).
+    """Multiply-adds of one forward pass in eval mode of an input of ``input_shape`` (batch
+    included): the convolutions' and matrix products', which is what the ResNeXt paper reports as
+    FLOPs. PyTorch's ``FlopCounterMode`` counts two FLOPs per multiply-add.
 
     Build the model under ``torch.device("meta")`` to count a large one without memory or time.
     """
-    total = 0
-
-    def conv_hook(module: nn.modules.conv._ConvNd, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-        total += output.numel() * per_output
-
-    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
     device = next(model.parameters()).device
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.zeros(*input_shape, device=device))
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
 def bottleneck_parameters(
@@ -72,9 +51,9 @@ def equal_complexity_width(
     """The group width d whose block's parameter count is closest to ``budget`` for this C."""
     kernel = 3**spatial_dims
     # C * (2 channels d + k d^2) = budget, solved for the positive root, then the nearer integer.
-    root = (
-        -2 * channels + math.sqrt((2 * channels) ** 2 + 4 * kernel * budget / cardinality)
-    ) / (2 * kernel)
+    root = (-2 * channels + math.sqrt((2 * channels) ** 2 + 4 * kernel * budget / cardinality)) / (
+        2 * kernel
+    )
     candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
     return min(
         candidates,

@@ -21,8 +21,7 @@ from monai.networks.blocks import UpSample
 from monai.networks.layers import get_act_layer
 from monai.networks.layers.factories import Conv
 
-from resnext3d.models.registry import create_model
-from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXt, make_norm
+from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXtFeatures, make_norm
 
 
 def conv_norm_act(
@@ -104,19 +103,16 @@ class ResNeXtUNet(nn.Module):
     """A UNet with a ResNeXt encoder, returning logits at the input's full resolution.
 
     Args:
-        encoder: a preset name for :func:`resnext3d.create_model`, or a ``features_only``
-            :class:`ResNeXt` (its ``in_channels`` and ``spatial_dims`` must match these).
-        in_channels: input channels, e.g. 4 for the BraTS MRI modalities.
+        encoder: the :class:`ResNeXtFeatures` whose feature maps are the skips, e.g.
+            ``create_model("resnext50_32x4d", in_channels=4, features_only=True)``; the UNet takes
+            its input channels and spatial dimensions.
         out_channels: output channels (logits), e.g. 3 for the TC, WT, ET regions.
-        spatial_dims: 2 for images, 3 for volumes.
-        encoder_kwargs: overrides for the preset when ``encoder`` is a name, e.g.
-            ``{"norm": "instance", "stem_stride": (1, 2, 2)}``.
         decoder_channels: output channels of each decoder stage, deepest first, the last at full
             resolution: one per encoder feature map (5 with the default ``out_indices``), one
             fewer if the shallowest map is at full resolution. None: each stage as wide as its
             skip (nnU-Net's choice), the one on the raw input half the shallowest map's width.
         norm: norm layer of every decoder convolution, by MONAI name (``"instance"``,
-            ``"batch"``, ``"group"``…); the encoder's is set through ``encoder_kwargs``.
+            ``"batch"``, ``"group"``…); the encoder has its own.
         act: activation of every decoder convolution, by MONAI name.
         upsample: MONAI ``UpSample`` mode: ``"deconv"`` (transposed convolution),
             ``"nontrainable"`` (1×1 convolution, then linear interpolation) or ``"pixelshuffle"``
@@ -143,17 +139,14 @@ class ResNeXtUNet(nn.Module):
     default strides); any other size raises a ValueError naming the axis and the multiple, rather
     than returning a mask of another size. Pad with ``monai.transforms.DivisiblePad`` where needed.
 
-    ``self.encoder`` is the ResNeXt, for loading pretrained weights into it (see
+    ``self.encoder`` is the encoder given, for loading pretrained weights into it (see
     :func:`resnext3d.load_pretrained`).
     """
 
     def __init__(
         self,
-        encoder: str | ResNeXt = "resnext50_32x4d",
-        in_channels: int = 4,
+        encoder: ResNeXtFeatures,
         out_channels: int = 3,
-        spatial_dims: int = 3,
-        encoder_kwargs: dict | None = None,
         decoder_channels: Sequence[int] | None = (256, 128, 64, 32, 16),
         norm: LayerSpec = "instance",
         act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
@@ -164,7 +157,13 @@ class ResNeXtUNet(nn.Module):
         deep_supervision_heads: int = 2,
     ) -> None:
         super().__init__()
-        self.encoder = _build_encoder(encoder, in_channels, spatial_dims, encoder_kwargs)
+        if not isinstance(encoder, ResNeXtFeatures):
+            raise TypeError(
+                "the encoder must be a ResNeXtFeatures, e.g. create_model(name, features_only="
+                f"True), not a {type(encoder).__name__}"
+            )
+        self.encoder = encoder
+        spatial_dims = encoder.spatial_dims
         feature_channels = self.encoder.feature_info.channels()
         feature_strides = self.encoder.feature_info.strides()
         full_resolution = (1,) * spatial_dims
@@ -198,7 +197,7 @@ class ResNeXtUNet(nn.Module):
         input_skip = needs_input_stage if input_skip is None else input_skip
         input_skip_channels = decoder_channels[-1] if input_skip else 0
         self.input_skip = (
-            conv_norm_act(spatial_dims, in_channels, input_skip_channels, norm, act)
+            conv_norm_act(spatial_dims, encoder.in_channels, input_skip_channels, norm, act)
             if input_skip
             else None
         )
@@ -272,30 +271,6 @@ def check_divisible(spatial_shape: Sequence[int], total_stride: Sequence[int]) -
                 f"stride along that axis; pad the input to multiples of {tuple(total_stride)}, "
                 f"e.g. with monai.transforms.DivisiblePad(k={tuple(total_stride)})"
             )
-
-
-def _build_encoder(
-    encoder: str | ResNeXt, in_channels: int, spatial_dims: int, encoder_kwargs: dict | None
-) -> ResNeXt:
-    if isinstance(encoder, str):
-        return create_model(
-            encoder,
-            in_channels=in_channels,
-            spatial_dims=spatial_dims,
-            features_only=True,
-            **(encoder_kwargs or {}),
-        )
-    if encoder_kwargs:
-        raise ValueError("encoder_kwargs apply to a preset name, not to an encoder instance")
-    if not encoder.features_only:
-        raise ValueError("the encoder must be built with features_only=True")
-    encoder_in_channels = encoder.get_submodule(encoder.first_conv).in_channels
-    if (encoder.spatial_dims, encoder_in_channels) != (spatial_dims, in_channels):
-        raise ValueError(
-            f"the encoder takes {encoder_in_channels} channels in {encoder.spatial_dims}D, but "
-            f"the UNet was given in_channels={in_channels}, spatial_dims={spatial_dims}"
-        )
-    return encoder
 
 
 def _stride_ratio(deeper: Sequence[int], shallower: Sequence[int]) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
 from resnext3d.models.decoder import check_divisible
 from resnext3d.models.presets import PRESETS, architecture
-from resnext3d.models.resnext import BLOCKS, ResNeXt
+from resnext3d.models.resnext import BLOCKS, ResNeXt, ResNeXtFeatures
 from resnext3d.models.weights import load_pretrained
 
 NAME_PREFIX = "resnext3d_"
@@ -31,8 +31,8 @@ NAME_PREFIX = "resnext3d_"
 FLEXIBLE_UNET_STRIDES = (2, 4, 8, 16, 32)
 
 
-class ResNeXtFlexibleUNetEncoder(ResNeXt, BaseEncoder):
-    """A preset, ``features_only``, as FlexibleUNet builds a backbone.
+class ResNeXtFlexibleUNetEncoder(ResNeXtFeatures, BaseEncoder):
+    """A preset's encoder, as FlexibleUNet builds a backbone.
 
     Args:
         preset: the preset's name in :data:`resnext3d.models.PRESETS`.
@@ -58,12 +58,7 @@ class ResNeXtFlexibleUNetEncoder(ResNeXt, BaseEncoder):
                 "resnext3d backbones have no weights to download: pass pretrained=<checkpoint "
                 "path>, or load one later with resnext3d.load_pretrained(model.encoder, path)"
             )
-        super().__init__(
-            preset=preset,
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            features_only=True,
-        )
+        super().__init__(preset, spatial_dims=spatial_dims, in_channels=in_channels)
         if self.feature_info.reduction() != list(FLEXIBLE_UNET_STRIDES):
             raise ValueError(
                 f"preset {preset!r} gives feature maps at strides {self.feature_info.reduction()}, "

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.presets import lookup_preset
-from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXt
+from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXtFeatures
 
 MIN_FEATURE_SIZE = 4  # nnU-Net stops downsampling an axis before its map falls below this
 FIRST_WIDTH = 32
@@ -133,7 +133,7 @@ class PlannedResNeXtUNet(ResNeXtUNet):
             )
         widths = [min(first_width * 2**stage, MAX_WIDTH) for stage in range(len(strides))]
         planes = [width // Bottleneck.expansion for width in widths]
-        encoder = ResNeXt(
+        encoder = ResNeXtFeatures(
             layers=blocks[: len(strides)],
             block="bottleneck",
             cardinality=cardinality,
@@ -150,14 +150,11 @@ class PlannedResNeXtUNet(ResNeXtUNet):
             norm=norm,
             act=act,
             drop_path_rate=drop_path_rate,
-            features_only=True,
             out_indices=range(1, len(strides) + 1),  # the stages; the stem is the first's input
         )
         super().__init__(
             encoder,
-            in_channels=in_channels,
             out_channels=out_channels,
-            spatial_dims=spatial_dims,
             decoder_channels=None,
             norm=norm,
             act=act,

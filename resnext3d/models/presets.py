@@ -53,14 +53,12 @@ def lookup_preset(name: str, table: dict[str, dict[str, Any]], kind: str) -> dic
     return table[name]
 
 
-def architecture(preset: str | None = None, **given: Any) -> dict[str, Any]:
+def architecture(preset: str, **given: Any) -> dict[str, Any]:
     """The architecture arguments of a network: each one given (not None), else the preset's,
     else the template's."""
-    if preset is not None:
-        lookup_preset(preset, PRESETS, "model")
     unknown = set(given) - set(TEMPLATE)
     if unknown:
         raise TypeError(f"not architecture arguments: {', '.join(sorted(unknown))}")
-    chosen = {**TEMPLATE, **PRESETS.get(preset, {})}
+    chosen = {**TEMPLATE, **lookup_preset(preset, PRESETS, "model")}
     chosen.update({name: value for name, value in given.items() if value is not None})
     return chosen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 from resnext3d.models.presets import PRESETS
-from resnext3d.models.resnext import ResNeXt
+from resnext3d.models.resnext import ResNeXt, ResNeXtFeatures
 from resnext3d.models.weights import load_pretrained
 
 
@@ -18,16 +18,20 @@ def create_model(
     name: str,
     *,
     spatial_dims: int = 3,
+    features_only: bool = False,
     checkpoint_path: str | None = None,
     inflation: str = "center",
     **kwargs,
 ) -> ResNeXt:
     """Build a preset; keyword arguments override the preset's and go to :class:`ResNeXt`.
 
+    ``features_only`` builds the preset as an encoder, a :class:`ResNeXtFeatures` (whose
+    ``out_indices`` selects its feature maps), as timm's ``create_model`` does.
     ``checkpoint_path`` loads weights after building (2D weights into a 3D model are inflated
     with ``inflation``; see :func:`resnext3d.models.weights.load_pretrained`).
     """
-    model = ResNeXt(preset=name, spatial_dims=spatial_dims, **kwargs)
+    model_cls = ResNeXtFeatures if features_only else ResNeXt
+    model = model_cls(preset=name, spatial_dims=spatial_dims, **kwargs)
     if checkpoint_path is not None:
         load_pretrained(model, checkpoint_path, inflation=inflation)
     return model

@@ -8,8 +8,8 @@ paper); ``cardinality=1, base_width=64`` is the ResNet baseline. Module names fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -81,9 +81,9 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
         self.act2 = get_act_layer(act)
 
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn2
+    def zero_init_last(self) -> None:
+        if self.bn2.weight is not None:  # affine-free norms have no scale to zero
+            nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -130,9 +130,9 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.act3 = get_act_layer(act)
 
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn3
+    def zero_init_last(self) -> None:
+        if self.bn3.weight is not None:  # affine-free norms have no scale to zero
+            nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -151,7 +151,8 @@ BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
 
 
 class FeatureInfo:
-    """Channels and strides of the feature maps a ``features_only`` encoder returns (timm-style)."""
+    """Channels and strides of an encoder's feature maps, shallowest first (timm's
+    ``feature_info``)."""
 
     def __init__(self, entries: list[dict]) -> None:
         self.entries = entries
@@ -167,9 +168,6 @@ class FeatureInfo:
         """One integer per feature map where strides are isotropic, else the per-axis strides."""
         return [e["reduction"] for e in self.entries]
 
-    def module_names(self) -> list[str]:
-        return [e["module"] for e in self.entries]
-
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -178,15 +176,17 @@ class FeatureInfo:
 
 
 class ResNeXt(nn.Module):
-    """A ResNet/ResNeXt for ``spatial_dims`` 2 or 3.
+    """A ResNet/ResNeXt classifier for ``spatial_dims`` 2 or 3; :class:`ResNeXtFeatures` is the
+    same network as an encoder.
 
     ``ResNeXt(preset="resnext50_32x4d", drop_path_rate=0.05)`` builds a named preset
-    (:data:`resnext3d.models.PRESETS`); the architecture arguments (layers, block, cardinality,
-    base_width, channels, stem_width, se_reduction) left None take the preset's values, or those
-    of the 50-layer template (``resnet50``), and any given overrides the preset's.
+    (:data:`resnext3d.models.PRESETS`); each architecture argument (layers, block, cardinality,
+    base_width, channels, stem_width, se_reduction) given replaces the preset's value. Those
+    arguments default to None, not to the preset's values, because a config passes every
+    argument: a value there could not be told from an override.
 
     Args:
-        preset: a preset's name, e.g. ``"resnext50_32x4d"``; None for the template.
+        preset: a preset's name; ``"resnet50"`` is the paper's 50-layer template.
         layers: blocks per stage; ``(3, 4, 6, 3)`` is the 50-layer template. Any number of
             stages works (segmentation encoders plan theirs); ``channels`` and ``strides`` then
             need one entry per stage too.
@@ -216,14 +216,11 @@ class ResNeXt(nn.Module):
             pass: far fewer activations kept, for more step time (measured in the README's
             "Speed and memory"). The recomputation repeats each batch norm's forward, so running
             statistics move twice per step, as in timm and torchvision.
-        features_only: return the feature maps at ``out_indices`` instead of logits.
-        out_indices: which feature maps: 0 is the stem (stride 2), 1–4 the stages (4…32);
-            None for all of them.
     """
 
     def __init__(
         self,
-        preset: str | None = None,
+        preset: str = "resnet50",
         layers: Sequence[int] | None = None,
         block: Literal["bottleneck", "basic"] | None = None,
         cardinality: int | None = None,
@@ -245,8 +242,6 @@ class ResNeXt(nn.Module):
         drop_path_rate: float = 0.0,
         zero_init_last: bool = True,
         grad_checkpointing: bool = False,
-        features_only: bool = False,
-        out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         chosen = architecture(
@@ -263,16 +258,14 @@ class ResNeXt(nn.Module):
         cardinality, base_width = chosen["cardinality"], chosen["base_width"]
         stem_width, se_reduction = chosen["stem_width"], chosen["se_reduction"]
         _check_arguments(layers, block, cardinality, base_width, spatial_dims, channels, strides)
-        # What was built, for tables and studies: C, d and the depth of each stage.
-        self.preset, self.layers, self.block = preset, tuple(layers), block
-        self.cardinality, self.base_width = cardinality, base_width
+        # What was built, for tables, studies and decoders: C, d and the depth of each stage.
+        self.layers, self.cardinality, self.base_width = tuple(layers), cardinality, base_width
         block_cls = BLOCKS[block]
         self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = grad_checkpointing
-        self.features_only = features_only
-        self.out_indices = tuple(range(len(layers) + 1) if out_indices is None else out_indices)
         conv = Conv[Conv.CONV, spatial_dims]
 
         stem_stride = ensure_tuple_rep(stem_stride, spatial_dims)
@@ -294,14 +287,14 @@ class ResNeXt(nn.Module):
             self.conv1 = conv(in_channels, stem_width, kernel, stem_stride, padding, bias=False)
             self.first_conv = "conv1"
         self.bn1 = make_norm(norm, spatial_dims, stem_width)
-        self.relu = get_act_layer(act)
+        self.act1 = get_act_layer(act)
         self.maxpool = (
             nn.Identity()
             if no_max_pool
             else Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=stem_stride, padding=1)
         )
         feature_stride = stem_stride
-        feature_info = [_feature_entry(stem_width, feature_stride, "relu")]
+        feature_info = [_feature_entry(stem_width, feature_stride)]
         if not no_max_pool:
             feature_stride = _multiply(feature_stride, stem_stride)
 
@@ -329,15 +322,13 @@ class ResNeXt(nn.Module):
             block_drop_rates = block_drop_rates[depth:]
             self.add_module(f"layer{index}", stage)
             feature_stride = _multiply(feature_stride, stride)
-            feature_info.append(_feature_entry(stage_in, feature_stride, f"layer{index}"))
+            feature_info.append(_feature_entry(stage_in, feature_stride))
         self.num_features = stage_in
-        self.feature_info = FeatureInfo([feature_info[i] for i in self.out_indices])
+        # Every feature map forward_intermediates can return: the stem's, then each stage's.
+        self.feature_info = FeatureInfo(feature_info)
 
-        if features_only:
-            self.avgpool = self.fc = None
-        else:
-            self.avgpool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-            self.fc = nn.Linear(stage_in, num_classes) if num_classes > 0 else nn.Identity()
+        self.avgpool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.fc = nn.Linear(stage_in, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_init_last)
 
     @staticmethod
@@ -383,67 +374,76 @@ class ResNeXt(nn.Module):
                 nn.init.zeros_(module.bias)
         if zero_init_last:
             for module in self.modules():
-                if (
-                    isinstance(module, BasicBlock | Bottleneck)
-                    and module.last_norm.weight is not None
-                ):
-                    nn.init.zeros_(module.last_norm.weight)
+                if hasattr(module, "zero_init_last"):
+                    module.zero_init_last()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module | None:
-        return self.fc
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one (0: no classifier)."""
-        if self.features_only:
-            raise RuntimeError("a features_only encoder has no classifier to reset")
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _checkpointing(self) -> bool:
-        return self.grad_checkpointing and torch.is_grad_enabled()
+    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's feature map, and the max-pooled map the first stage takes."""
+        x = self.act1(self.bn1(self.conv1(x)))
+        return x, self.maxpool(x)
 
-    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if self._checkpointing():
+    def _forward_stages(
+        self, x: torch.Tensor, num_stages: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The stem's feature map, then each stage's, up to ``num_stages`` (None: all).
+
+        With gradient checkpointing, the stem and every block are recomputed in the backward
+        pass. The stem works at the highest resolution: at 128³ its activations are about half of
+        what per-block checkpointing leaves, so it is recomputed too, with the max-pool, whose
+        saved input would otherwise keep the stem's output for the backward pass.
+        """
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
+
+        def run(function, x: torch.Tensor):
+            return checkpoint(function, x, use_reentrant=False) if recompute else function(x)
+
+        stem, x = run(self._stem, x)
+        yield stem
+        stages = [getattr(self, f"layer{index}") for index in range(1, len(self.layers) + 1)]
+        for stage in stages[:num_stages]:
             for block in stage:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return stage(x)
+                x = run(block, x)
+            yield x
 
-    def _stages(self) -> list[nn.Sequential]:
-        return [getattr(self, f"layer{index}") for index in range(1, len(self.layers) + 1)]
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Feature maps on the way through the network, as timm's ``forward_intermediates``.
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn1(self.conv1(x)))
+        Args:
+            indices: which maps: 0 is the stem's (stride 2), 1… the stages' (4…32); negative
+                ones count from the deepest; an int n takes the last n; None takes them all.
+            stop_early: run no stage deeper than the deepest map taken.
+            intermediates_only: return the maps alone.
 
-    def _stem_and_pool(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self._stem(x))
-
-    def _run(self, function, x: torch.Tensor) -> torch.Tensor:
-        # The stem works at the highest resolution: at 128³ its activations are about half of
-        # what per-block checkpointing leaves, so it is recomputed too.
-        return (
-            checkpoint(function, x, use_reentrant=False) if self._checkpointing() else function(x)
-        )
+        Returns:
+            The maps, shallowest first; unless ``intermediates_only``, preceded by the last
+            stage's output (what :meth:`forward_head` takes).
+        """
+        take_indices, deepest = _take_indices(len(self.layers) + 1, indices)
+        maps = self._forward_stages(x, num_stages=deepest if stop_early else None)
+        intermediates = []
+        for index, feature_map in enumerate(maps):
+            if index in take_indices:
+                intermediates.append(feature_map)
+        return intermediates if intermediates_only else (feature_map, intermediates)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (stride 32 with the default strides)."""
-        x = self._run(self._stem_and_pool, x)
-        for stage in self._stages():
-            x = self._run_stage(stage, x)
-        return x
-
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The feature maps at ``out_indices``, shallowest first."""
-        x = self._run(self._stem, x)
-        maps = [x]
-        x = self.maxpool(x)
-        for stage in self._stages()[: max(self.out_indices)]:
-            x = self._run_stage(stage, x)
-            maps.append(x)
-        return [maps[i] for i in self.out_indices]
+        (deepest,) = self.forward_intermediates(x, indices=1, intermediates_only=True)
+        return deepest
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
@@ -451,19 +451,67 @@ class ResNeXt(nn.Module):
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if self.features_only:
-            return self.forward_feature_maps(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class ResNeXtFeatures(ResNeXt):
+    """A :class:`ResNeXt` without its classifier, returning feature maps: the encoder of a UNet
+    (timm's ``features_only`` models, MONAI's ``ResNetFeatures``).
+
+    ``feature_info`` describes the maps ``forward`` returns.
+
+    Args:
+        preset: as :class:`ResNeXt`'s.
+        out_indices: which feature maps, as :meth:`ResNeXt.forward_intermediates`'s
+            ``indices``: 0 is the stem (stride 2), 1… the stages (4…32); None for all of them.
+        kwargs: :class:`ResNeXt`'s arguments, but the classifier's (``num_classes``,
+            ``drop_rate``).
+    """
+
+    def __init__(
+        self,
+        preset: str = "resnet50",
+        out_indices: int | Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(preset, num_classes=0, **kwargs)
+        # A classifier here would be parameters no loss reaches, which DDP refuses.
+        del self.avgpool, self.fc
+        self.out_indices, _ = _take_indices(len(self.layers) + 1, out_indices)
+        self.feature_info = FeatureInfo([self.feature_info.entries[i] for i in self.out_indices])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_intermediates(
+            x, self.out_indices, stop_early=True, intermediates_only=True
+        )
+
+
+def _take_indices(num_maps: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """``indices`` (as :meth:`ResNeXt.forward_intermediates` takes them) as ascending
+    non-negative indices, and the deepest of them."""
+    if indices is None:
+        indices = num_maps
+    if isinstance(indices, int):
+        if not 0 < indices <= num_maps:
+            raise ValueError(f"can take the last 1 to {num_maps} feature maps, not {indices}")
+        indices = range(num_maps - indices, num_maps)
+    taken = sorted({index % num_maps for index in indices if -num_maps <= index < num_maps})
+    if len(taken) != len(set(indices)) or not taken:
+        raise ValueError(
+            f"feature map indices must be distinct, between {-num_maps} and {num_maps - 1}, got "
+            f"{list(indices)}"
+        )
+    return taken, taken[-1]
 
 
 def _multiply(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return tuple(x * y for x, y in zip(a, b, strict=True))
 
 
-def _feature_entry(channels: int, stride: tuple[int, ...], module: str) -> dict:
+def _feature_entry(channels: int, stride: tuple[int, ...]) -> dict:
     reduction = stride[0] if len(set(stride)) == 1 else stride
-    return {"num_chs": channels, "stride": stride, "reduction": reduction, "module": module}
+    return {"num_chs": channels, "stride": stride, "reduction": reduction}
 
 
 def _check_arguments(

@@ -12,7 +12,7 @@ The rules, each applied only where the shapes call for it:
 - The stem convolution's input channels: 1 channel sums the source's, otherwise the source's are
   repeated cyclically and scaled by ``source / target`` so activations keep their scale.
 - A classifier whose shape differs (another ``num_classes``), or that the model lacks
-  (``features_only``, ``num_classes=0``), is left at the model's own initialisation.
+  (an encoder, ``num_classes=0``), is left at the model's own initialisation.
 """
 
 from __future__ import annotations
