@@ -15,8 +15,8 @@ from resnext3d.data import (
     BratsSegmentationData,
     DataError,
     LoadModalitiesd,
+    check_files_or_raise,
     discover_cases,
-    validate_cases,
 )
 from resnext3d.data.layouts import find_cases
 
@@ -123,7 +123,7 @@ def test_a_negative_pixdim_is_named(phantom):
     image.header["pixdim"][1:4] = [2.4, -2.4, 2.5]
     nib.save(image, path)
     with pytest.raises(DataError, match=f"{path}: voxel size \\(pixdim\\) 2.4x-2.4x2.5 in the"):
-        validate_cases(discover_cases(phantom))
+        check_files_or_raise(discover_cases(phantom))
 
 
 def damage_inside_the_stream(path: Path) -> Path:

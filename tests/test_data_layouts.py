@@ -1,4 +1,4 @@
-"""Discovering each BraTS layout, its channel order after the transforms, and data validation."""
+"""Discovering each BraTS layout, its channel order after the transforms, and the file checks."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnext3d.data import DataError, deterministic_transforms, discover_cases, validate_cases
+from resnext3d.data import DataError, check_files_or_raise, deterministic_transforms, discover_cases
 
 SHAPE = (16, 8, 8)
 SPACING = (2.0, 2.0, 2.0)
@@ -88,7 +88,7 @@ def test_each_layout_is_discovered(tmp_path, layout):
     assert [len(case.images) for case in cases] == [1 if layout == "decathlon" else 4] * 2
     grades = [case.grade for case in cases]
     assert grades == (["LGG", "HGG"] if layout == "brats2019" else [None, None])
-    validate_cases(cases)
+    check_files_or_raise(cases)
 
 
 @pytest.mark.parametrize("layout", ["brats2019", "brats2021", "brats2023", "decathlon"])
@@ -114,14 +114,14 @@ def test_missing_modality_is_named(tmp_path):
     (case_dir / "BraTS2021_00000_t1ce.nii.gz").unlink()
     cases = discover_cases(tmp_path)
     with pytest.raises(DataError, match=r"BraTS2021_00000_t1ce\.nii\.gz: missing file"):
-        validate_cases(cases)
+        check_files_or_raise(cases)
 
 
 def test_unreadable_header_is_named(tmp_path):
     case_dir = write_brats_case(tmp_path, "BraTS2021_00000")
     (case_dir / "BraTS2021_00000_t2.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(DataError, match=r"BraTS2021_00000_t2\.nii\.gz: unreadable NIfTI header"):
-        validate_cases(discover_cases(tmp_path))
+        check_files_or_raise(discover_cases(tmp_path))
 
 
 def test_truncated_file_is_named_by_the_check_and_when_its_data_is_read(tmp_path):
@@ -133,7 +133,7 @@ def test_truncated_file_is_named_by_the_check_and_when_its_data_is_read(tmp_path
     cases = discover_cases(tmp_path)
     # The gzip trailer no longer matches the header's size: the quick check reads and names it.
     with pytest.raises(DataError, match=r"BraTS2021_00000_flair\.nii\.gz: truncated or damaged"):
-        validate_cases(cases)
+        check_files_or_raise(cases)
     load = deterministic_transforms(roi_size=SHAPE).transforms[0]
     with pytest.raises(DataError, match=r"BraTS2021_00000_flair\.nii\.gz: cannot read"):
         load({"image": [str(path) for path in cases[0].images]})
@@ -143,7 +143,7 @@ def test_shape_mismatch_is_named(tmp_path):
     case_dir = write_brats_case(tmp_path, "BraTS2021_00000")
     write_nifti(case_dir / "BraTS2021_00000_t2.nii.gz", np.zeros((16, 8, 6), np.int16))
     with pytest.raises(DataError, match=r"BraTS2021_00000_t2\.nii\.gz: shape \(16, 8, 6\) differs"):
-        validate_cases(discover_cases(tmp_path))
+        check_files_or_raise(discover_cases(tmp_path))
 
 
 def test_misregistered_modality_is_named(tmp_path):
@@ -152,14 +152,14 @@ def test_misregistered_modality_is_named(tmp_path):
     shifted[:3, 3] = 5.0
     write_nifti(case_dir / "BraTS2021_00000_t1.nii.gz", channel_volume(1), affine=shifted)
     with pytest.raises(DataError, match=r"BraTS2021_00000_t1\.nii\.gz: affine differs"):
-        validate_cases(discover_cases(tmp_path))
+        check_files_or_raise(discover_cases(tmp_path))
 
 
 def test_decathlon_image_needs_four_channels(tmp_path):
     write_decathlon(tmp_path, ["BRATS_001"])
     write_nifti(tmp_path / "imagesTr" / "BRATS_001.nii.gz", np.zeros((*SHAPE, 3), np.int16))
     with pytest.raises(DataError, match=r"BRATS_001\.nii\.gz: shape .* expected 4 channels"):
-        validate_cases(discover_cases(tmp_path))
+        check_files_or_raise(discover_cases(tmp_path))
 
 
 def test_all_problems_are_reported_together(tmp_path):
@@ -168,7 +168,7 @@ def test_all_problems_are_reported_together(tmp_path):
     (tmp_path / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz").unlink()
     (tmp_path / "BraTS2021_00002" / "BraTS2021_00002_seg.nii.gz").write_bytes(b"")
     with pytest.raises(DataError) as error:
-        validate_cases(discover_cases(tmp_path))
+        check_files_or_raise(discover_cases(tmp_path))
     message = str(error.value)
     assert "(2 problems)" in message
     assert "BraTS2021_00000_t1.nii.gz: missing file" in message
@@ -227,4 +227,4 @@ def test_uncompressed_brats_2020_files(tmp_path):
     # The missing modality gets the path the naming scheme expects, for the error to name.
     assert case.images[3] == tmp_path / "BraTS20_Training_001" / "BraTS20_Training_001_t2.nii"
     with pytest.raises(DataError, match=r"BraTS20_Training_001_t2\.nii: missing file"):
-        validate_cases([case])
+        check_files_or_raise([case])

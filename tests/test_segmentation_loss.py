@@ -15,10 +15,10 @@ CONFIG = Path(__file__).parents[1] / "experiments" / "brats_seg.yaml"
 
 
 def configured_loss() -> torch.nn.Module:
-    spec = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["loss"]
+    spec = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["criterion"]
     parser = ArgumentParser()
-    parser.add_argument("--loss", type=torch.nn.Module)
-    return parser.instantiate(parser.parse_object({"loss": spec})).loss
+    parser.add_argument("--criterion", type=torch.nn.Module)
+    return parser.instantiate(parser.parse_object({"criterion": spec})).criterion
 
 
 def test_the_experiments_loss_is_dice_plus_per_channel_binary_cross_entropy():
@@ -30,7 +30,8 @@ def test_the_experiments_loss_is_dice_plus_per_channel_binary_cross_entropy():
     expected = expected + F.binary_cross_entropy_with_logits(logits, targets)
     encoder = create_model("resnext14_tiny", in_channels=4, features_only=True)
     network = ResNeXtUNet(encoder, decoder_channels=(64, 32, 16, 16, 8))
-    for loss in (configured_loss(), VolumeSegmenter(network).loss):  # the config's, the default
+    # The config's, and the default.
+    for loss in (configured_loss(), VolumeSegmenter(network).criterion):
         torch.testing.assert_close(loss(logits, targets), expected)
 
 

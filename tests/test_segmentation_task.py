@@ -4,15 +4,17 @@ lie on their input's grid."""
 import csv
 from pathlib import Path
 
+import lightning as L
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.networks.nets import BasicUNet
 
 import resnext3d
 from resnext3d.cli import main
-from resnext3d.data import generate_phantom
+from resnext3d.data import BratsSegmentationData, generate_phantom
 from resnext3d.data.errors import DataError
 from resnext3d.evaluation.evaluate import evaluate_main
 from resnext3d.tasks import VolumeSegmenter
@@ -76,6 +78,40 @@ def test_deep_supervision_trains_on_every_head():
     loss = task.training_step(batch, 0)
     loss.backward()
     assert all(head.weight.grad is not None for head in task.network.supervision_heads)
+
+
+def test_a_monai_network_that_does_not_say_its_dimensions_trains_and_predicts(
+    tiny_phantom, tmp_path
+):
+    """MONAI's BasicUNet has no ``spatial_dims`` (nor ``out_channels``): the memory format comes
+    from the input, the regions from the class names."""
+    network = BasicUNet(spatial_dims=3, in_channels=4, out_channels=3, features=(4, 4, 8, 8, 16, 4))
+    assert not hasattr(network, "spatial_dims")
+    task = VolumeSegmenter(
+        network,
+        class_names=["TC", "WT", "ET"],
+        sliding_window_size=(32, 32, 32),
+        channels_last=True,
+    )
+    data = BratsSegmentationData(
+        data_dir=str(tiny_phantom), roi_size=(32, 32, 32), batch_size=1, num_workers=0
+    )
+    trainer = L.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, data)
+    assert task.memory_format == torch.channels_last_3d
+    assert network.conv_0.conv_0.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    trainer.predict(task, data)
+    (written,) = (tmp_path / "predictions").iterdir()
+    assert written.name == "BraTS2021_00000_seg.nii.gz"
+    image = nib.load(tiny_phantom / "BraTS2021_00000" / "BraTS2021_00000_flair.nii.gz")
+    assert nib.load(written).shape == image.shape
 
 
 def test_figure_slices_pass_through_the_tumour():

@@ -8,6 +8,7 @@ from resnext3d.data.anatomical import (
 from resnext3d.data.classification import BratsClassificationData
 from resnext3d.data.datamodule import BratsDataModule
 from resnext3d.data.errors import DataError, Problem
+from resnext3d.data.file_checks import check_files, check_files_or_raise
 from resnext3d.data.labels import (
     GRADE_CLASSES,
     CaseLabels,
@@ -41,7 +42,6 @@ from resnext3d.data.transforms import (
     random_transforms,
     training_transforms,
 )
-from resnext3d.data.validation import check_files, validate_cases
 
 __all__ = [
     "GRADE_CLASSES",
@@ -66,6 +66,7 @@ __all__ = [
     "anatomical_case",
     "assign_labels",
     "check_files",
+    "check_files_or_raise",
     "check_labels",
     "deterministic_transforms",
     "discover_cases",
@@ -86,5 +87,4 @@ __all__ = [
     "run_phantom",
     "save_split",
     "training_transforms",
-    "validate_cases",
 ]

@@ -1,6 +1,6 @@
 """``resnext3d check-data``: read a whole data set, list every problem at once, summarise it.
 
-The files are checked in full (`resnext3d.data.validation.check_files` with ``full=True``) and the
+The files are checked in full (`resnext3d.data.file_checks.check_files` with ``full=True``) and the
 classification labels as the classification data module reads them, so a data set this command
 accepts is one that training accepts.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 import nibabel as nib
 
 from resnext3d.data.errors import DataError, Problem
+from resnext3d.data.file_checks import LABEL_MAP_ROLE, FileCheck, axis_codes, check_files
 from resnext3d.data.labels import check_labels
 from resnext3d.data.layouts import MODALITIES, BratsCase, find_cases
-from resnext3d.data.validation import SEG_ROLE, FileCheck, axis_codes, check_files
 
 COLUMNS = ("level", "case", "file", "problem")
 
@@ -36,11 +36,11 @@ def check_data_main(argv: Sequence[str] | None = None) -> int:
         print(f"resnext3d check-data: {error}", file=sys.stderr)
         return 1
     cases = discovery.cases
-    label_maps = {"segmentation": "required", "classification": "unused"}.get(
+    label_map_use = {"segmentation": "required", "classification": "unused"}.get(
         args.task, "if present"
     )
     workers = args.workers or min(32, (os.cpu_count() or 1) + 4)
-    files = check_files(cases, label_maps, full=True, workers=workers, show_progress=True)
+    files = check_files(cases, label_map_use, full=True, workers=workers, show_progress=True)
     class_lines, label_problems = _check_labels(args, cases)
     problems = discovery.problems + files.problems + label_problems
     seconds = time.perf_counter() - started
@@ -145,7 +145,7 @@ def problem_table(problems: Sequence[Problem], root: Path) -> str:
 def summary_lines(files: FileCheck) -> list[str]:
     """Shapes, voxel sizes, orientations and intensity ranges seen, with how many files each."""
     readable = [scan for scan in files.scans if scan.shape is not None]
-    images = [scan for scan in readable if scan.role != SEG_ROLE]
+    images = [scan for scan in readable if scan.role != LABEL_MAP_ROLE]
     lines = [
         f"image shapes: {_counted('x'.join(map(str, s.shape)) for s in images)}",
         "voxel sizes (mm): "

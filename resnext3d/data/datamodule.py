@@ -19,12 +19,12 @@ from torch.utils.data import Sampler
 
 from resnext3d.data.anatomical import ensure_anatomical_phantom
 from resnext3d.data.cache import DiskCacheDataset, MemoryCache
+from resnext3d.data.file_checks import LabelMapUse, check_files_or_raise
 from resnext3d.data.layouts import MODALITIES, BratsCase, discover_cases
 from resnext3d.data.phantom import Difficulty, ensure_phantom
 from resnext3d.data.sampling import SeededItems, SeededSampler
 from resnext3d.data.splits import Split, holdout_split, kfold_split, save_split
 from resnext3d.data.transforms import data_errors_unwrapped
-from resnext3d.data.validation import LabelMaps, validate_cases
 from resnext3d.seeds import run_seed
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class BratsDataModule(L.LightningDataModule):
     def _transforms(self, stage: Literal["train", "val", "predict"]) -> Compose:
         raise NotImplementedError
 
-    def _label_maps(self, stage: str) -> LabelMaps:
+    def _label_map_use(self, stage: str) -> LabelMapUse:
         """Whether `stage` reads the cases' label maps, so that only the files it uses are
         checked (a damaged label map does not stop a classifier)."""
         return "unused"
@@ -188,7 +188,7 @@ class BratsDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Validate the data, then build the datasets `stage` needs and save the split."""
         cases = self._cases()
-        self._validate(cases, stage)
+        self._check_files(cases, stage)
         items = {case.case_id: self._item(case) for case in cases}
         if stage == "predict" and self.predict_split == "all":
             # No split: predicting may be given a single case folder.
@@ -211,11 +211,13 @@ class BratsDataModule(L.LightningDataModule):
             )
         self._save_split(split)
 
-    def _validate(self, cases: list[BratsCase], stage: str) -> None:
+    def _check_files(self, cases: list[BratsCase], stage: str) -> None:
         """Raise a DataError naming every file of `cases` that `stage` reads and cannot use;
         log the warnings (e.g. an all-zero modality)."""
         workers = max(2, self.num_workers)  # threads: reading is mostly decompression
-        warnings = validate_cases(cases, self._label_maps(stage), self.check == "full", workers)
+        warnings = check_files_or_raise(
+            cases, self._label_map_use(stage), self.check == "full", workers
+        )
         for warning in warnings:
             log.warning("%s", warning)
 

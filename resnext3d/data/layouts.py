@@ -45,7 +45,7 @@ class BratsCase:
         case_id: the case's name, e.g. ``BraTS2021_00012``, ``BraTS-GLI-00012-000``, ``BRATS_012``.
         images: the four modality files in ``MODALITIES`` order or, for the Decathlon, the one 4-D
             file whose channels are already in that order. A path may not exist yet: discovery
-            follows the naming scheme and `validate_cases` reports missing files.
+            follows the naming scheme and `check_files` reports missing files.
         label_map: the segmentation file, or None where the release ships none for the case.
         release: the naming and label-value convention, a key of
             :data:`resnext3d.data.releases.RELEASES`.
@@ -209,7 +209,7 @@ def _mixed_release_problems(cases: list[BratsCase]) -> list[Problem]:
 def _brats_case(
     root: Path, folder: Path, case_id: str, release: Release, files: dict[str, Path]
 ) -> BratsCase:
-    # A missing modality gets the path the naming scheme expects, for validation to report.
+    # A missing modality gets the path the naming scheme expects, for the file checks to report.
     extension = ".nii.gz" if next(iter(files.values())).name.endswith(".gz") else ".nii"
 
     naming = RELEASES[release]

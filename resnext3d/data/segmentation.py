@@ -9,6 +9,7 @@ from monai.data import DataLoader
 from monai.transforms import Compose
 
 from resnext3d.data.datamodule import BratsDataModule
+from resnext3d.data.file_checks import LabelMapUse
 from resnext3d.data.layouts import BratsCase
 from resnext3d.data.regions import REGIONS
 from resnext3d.data.releases import Release
@@ -19,7 +20,6 @@ from resnext3d.data.transforms import (
     RELEASE_KEY,
     segmentation_transforms,
 )
-from resnext3d.data.validation import LabelMaps
 
 
 class BratsSegmentationData(BratsDataModule):
@@ -57,13 +57,7 @@ class BratsSegmentationData(BratsDataModule):
         """The label-value convention of the data set's files."""
         return self.all_cases[0].release
 
-    @cached_property
-    def predict_transforms(self) -> Compose:
-        """What turned a case's files into a predict batch; inverting it puts predictions back on
-        the files' grid. One instance: MONAI inverts only with the transforms that were applied."""
-        return segmentation_transforms("predict", self.release, self.roi_size, self.spacing)
-
-    def _label_maps(self, stage: str) -> LabelMaps:
+    def _label_map_use(self, stage: str) -> LabelMapUse:
         # Prediction needs none; the other stages score against every case's.
         return "unused" if stage == "predict" else "required"
 
@@ -82,8 +76,6 @@ class BratsSegmentationData(BratsDataModule):
         return item
 
     def _transforms(self, stage: Literal["train", "val", "predict"]) -> Compose:
-        if stage == "predict":
-            return self.predict_transforms
         return segmentation_transforms(
             stage, self.release, self.roi_size, self.spacing, self.samples_per_case
         )

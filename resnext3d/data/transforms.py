@@ -147,7 +147,7 @@ def segmentation_transforms(
     """Load, reorient to RAS, resample, convert the label map to TC/WT/ET masks, crop to the head
     and normalise; for "train", then draw `samples_per_case` crops of `roi_size` centred on tumour
     or background equally often, and augment. "predict" loads no label and keeps the image's
-    metadata, so that predictions can be inverted onto the original grid."""
+    metadata, so that predictions can be resampled onto its files' grid (`to_file_grid`)."""
     keys = [IMAGE_KEY] if stage == "predict" else [IMAGE_KEY, LABEL_KEY]
     interpolation = ["bilinear", "nearest"][: len(keys)]
     deterministic = [

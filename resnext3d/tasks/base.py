@@ -28,10 +28,10 @@ def fused_adamw(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
 
 
 class VolumeTask(L.LightningModule):
-    """A LightningModule around one network (``self.network``) of ``spatial_dims`` dimensions.
+    """A LightningModule around one network (``self.network``), 2-D or 3-D.
 
-    Inputs take ``self.memory_format``, which ``configure_model`` chooses for the trainer's
-    device, as each batch arrives on it (``on_after_batch_transfer``). Every
+    Inputs take ``self.memory_format``, chosen for the trainer's device (``configure_model``)
+    and the input's dimensions, as each batch arrives on it (``on_after_batch_transfer``). Every
     stage's loss is logged as ``<stage>/loss``, a torchmetrics mean over the epoch.
 
     Args:
@@ -48,7 +48,6 @@ class VolumeTask(L.LightningModule):
     """
 
     network: nn.Module
-    spatial_dims: int
     # The metric and mode checkpoints keep the best of, when the config names none.
     checkpoint_monitor: tuple[str, str] = ("val/loss", "min")
 
@@ -64,7 +63,8 @@ class VolumeTask(L.LightningModule):
         self.scheduler = scheduler
         self.channels_last = channels_last
         self.compile_network = compile
-        self.memory_format = torch.contiguous_format  # until configure_model knows the device
+        self.memory_format = torch.contiguous_format  # until a batch arrives on the device
+        self.device_channels_last = False  # until configure_model knows the device
         # A torchmetrics mean weighs every volume of every rank once, however batches fall; a NaN
         # loss makes the mean NaN, as it is, instead of being dropped from it.
         self.losses = nn.ModuleDict(
@@ -83,10 +83,14 @@ class VolumeTask(L.LightningModule):
         network compiled in place (its state-dict keys stay the same) if asked."""
         device = self.trainer.strategy.root_device
         precision = str(self.trainer.precision)
-        self.memory_format = performance.memory_format(
-            performance.uses_channels_last(self.channels_last, device), self.spatial_dims
-        )
-        self.to(memory_format=self.memory_format)
+        self.device_channels_last = performance.uses_channels_last(self.channels_last, device)
+        # Each convolution's weights in the format of its dimensions: the network need not say
+        # whether it is 2-D or 3-D (MONAI's UNet and BasicUNet do not).
+        for spatial_dims, convert in (
+            (2, nn.utils.convert_conv2d_weight_memory_format),
+            (3, nn.utils.convert_conv3d_weight_memory_format),
+        ):
+            convert(self, performance.memory_format(self.device_channels_last, spatial_dims))
         if device.type == "cpu" and precision.startswith("bf16"):
             performance.warn_if_slow_precision(precision, device)
             if not performance.cpu_bf16_conv_gradients_are_correct():
@@ -96,7 +100,11 @@ class VolumeTask(L.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
-            batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
+            image = batch["image"]  # (batch, channels, *spatial)
+            self.memory_format = performance.memory_format(
+                self.device_channels_last, image.ndim - 2
+            )
+            batch["image"] = image.contiguous(memory_format=self.memory_format)
         return batch
 
     def configure_optimizers(self):

@@ -64,9 +64,8 @@ class VolumeClassifier(VolumeTask):
             )
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.network = network
-        self.spatial_dims = getattr(network, "spatial_dims", 3)
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
-        self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -89,7 +88,7 @@ class VolumeClassifier(VolumeTask):
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss(logits, batch["label"])
+        loss = self.criterion(logits, batch["label"])
         probabilities = logits.detach().softmax(dim=1)
         self.scores[f"{stage}_scores"].update(probabilities, batch["label"])
         self.supports[f"{stage}_support"].update(probabilities, batch["label"])

@@ -18,8 +18,8 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceFocalLoss
 from monai.utils import convert_to_tensor
 
-from resnext3d.data.releases import Release
 from resnext3d.data.regions import labels_to_regions, regions_to_labels
+from resnext3d.data.releases import Release
 from resnext3d.data.transforms import to_file_grid
 from resnext3d.evaluation.evaluate import read_label_map
 from resnext3d.tasks.base import RUNTIME_ARGUMENTS, VolumeTask, fused_adamw
@@ -65,8 +65,8 @@ class VolumeSegmenter(VolumeTask):
             ``out_channels`` linked from the data module by the CLI). With ``deep_supervision``
             set on the network, its heads are supervised too (weights 1, ½, ¼, … by MONAI's
             ``DeepSupervisionLoss``).
-        loss: the loss of region logits and binary region masks, e.g. a MONAI loss; by default
-            Dice over the batch plus binary cross-entropy per region.
+        criterion: the loss function of region logits and binary region masks, e.g. a MONAI
+            loss; by default Dice over the batch plus binary cross-entropy per region.
         class_names: region names in channel order, used in metric names (linked).
         sliding_window_size: window of the sliding-window inference; None for the size of the
             training crops (the data module's ``roi_size``).
@@ -92,7 +92,7 @@ class VolumeSegmenter(VolumeTask):
     def __init__(
         self,
         network: nn.Module,
-        loss: nn.Module | None = None,
+        criterion: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
         sliding_window_size: Sequence[int] | None = None,
         sliding_window_batch_size: int = 2,
@@ -109,10 +109,9 @@ class VolumeSegmenter(VolumeTask):
     ) -> None:
         super().__init__(optimizer, scheduler, channels_last, compile)
         self.save_hyperparameters(
-            ignore=["network", "loss", *INFERENCE_ARGUMENTS, *RUNTIME_ARGUMENTS]
+            ignore=["network", "criterion", *INFERENCE_ARGUMENTS, *RUNTIME_ARGUMENTS]
         )
         self.network = network
-        self.spatial_dims = network.spatial_dims
         # Any MONAI network serves; not all of them say how many channels they return.
         num_classes = getattr(network, "out_channels", None) or len(class_names or ())
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
@@ -121,9 +120,10 @@ class VolumeSegmenter(VolumeTask):
         # Dice over the whole batch (as nnU-Net): crops without a region do not dominate the loss.
         # Per-region binary cross-entropy (focal with gamma 0): overlapping regions are not
         # exclusive classes, as the softmax cross-entropy of DiceCELoss would take them.
-        loss = loss if loss is not None else DiceFocalLoss(sigmoid=True, batch=True, gamma=0.0)
+        if criterion is None:
+            criterion = DiceFocalLoss(sigmoid=True, batch=True, gamma=0.0)
         self.deep_supervision = getattr(network, "deep_supervision", False)
-        self.loss = DeepSupervisionLoss(loss) if self.deep_supervision else loss
+        self.criterion = DeepSupervisionLoss(criterion) if self.deep_supervision else criterion
         self.sliding_window_size = sliding_window_size
         self.sliding_window_batch_size = sliding_window_batch_size
         self.overlap = overlap
@@ -154,7 +154,7 @@ class VolumeSegmenter(VolumeTask):
         targets = batch["label"]
         if self.deep_supervision:
             logits = list(torch.unbind(logits, dim=1))  # the final output, then each head's
-        loss = self.loss(logits, targets)
+        loss = self.criterion(logits, targets)
         self.log_loss("train", loss, len(targets))
         return loss
 
@@ -186,11 +186,14 @@ class VolumeSegmenter(VolumeTask):
         # monitored score in the checkpoints, a MetaTensor that weights-only loading refuses.
         image, targets = (convert_to_tensor(batch[k], track_meta=False) for k in ("image", "label"))
         logits = self.sliding_window_logits(image)
-        loss = (self.loss.loss if self.deep_supervision else self.loss)(logits, targets)
+        criterion = self.criterion.loss if self.deep_supervision else self.criterion
+        loss = criterion(logits, targets)
         self.log_loss(stage, loss, len(targets))
         probabilities = torch.sigmoid(logits)
         if self.scoring_grid == "resampled":
-            spacing = _voxel_spacing(batch["image"])
+            # The voxel size in mm where the batch has its files' metadata, else in voxels.
+            with_meta = isinstance(batch["image"], MetaTensor)
+            spacing = batch["image"].pixdim[0].tolist() if with_meta else None
             raw, masks = self._masks(probabilities, spacing)
             self._score(stage, raw, masks, targets, spacing, batch["case_id"])
         else:
@@ -226,7 +229,7 @@ class VolumeSegmenter(VolumeTask):
         with its files' metadata) resampled onto the files' grid, thresholded, and written in the
         `release`'s label values, raw and post-processed; with the files' voxel size in mm."""
         on_file_grid = to_file_grid(MetaTensor(probabilities, meta=image.meta))
-        spacing = _affine_spacing(on_file_grid.affine, on_file_grid.ndim - 1)
+        spacing = on_file_grid.pixdim.tolist()
         raw, masks = self._masks(on_file_grid.as_tensor()[None], spacing)
         label_maps = [
             MetaTensor(regions_to_labels(regions[0], release), affine=on_file_grid.affine)
@@ -311,15 +314,3 @@ class VolumeSegmenter(VolumeTask):
             CaseScoresWriter(),
             SegmentationFigures(self.class_names),
         ]
-
-
-def _voxel_spacing(image: torch.Tensor) -> list[float] | None:
-    """The voxel size in mm from a MetaTensor's affine (None for plain tensors: voxels)."""
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        return None
-    return _affine_spacing(affine[0] if affine.ndim == 3 else affine, image.ndim - 2)
-
-
-def _affine_spacing(affine: torch.Tensor, spatial_dims: int) -> list[float]:
-    return torch.linalg.norm(affine[:spatial_dims, :spatial_dims].double(), dim=0).tolist()

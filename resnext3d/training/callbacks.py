@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-import nibabel as nib
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from monai.transforms import SaveImage
 
 from resnext3d.evaluation.evaluate import score_columns, score_row, summarise, write_csv
 from resnext3d.training.visualize import segmentation_figure
@@ -68,8 +68,9 @@ def _gather(
 
 class SegmentationWriter(BasePredictionWriter):
     """Writes each predicted case as ``predictions/<case_id>_seg.nii.gz`` in the run directory:
-    the task's label map of the case (in its release's label values, on the grid and with the
-    affine of its input files, so that it overlays them in any viewer).
+    the task's label map of the case (a MetaTensor in its release's label values, on the grid and
+    with the affine of its input files, so that it overlays them in any viewer), by MONAI's
+    ``SaveImage``.
 
     Args:
         submission_names: name the files ``<case_id>.nii.gz`` instead, as the BraTS challenges'
@@ -79,7 +80,14 @@ class SegmentationWriter(BasePredictionWriter):
 
     def __init__(self, submission_names: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.suffix = ".nii.gz" if submission_names else "_seg.nii.gz"
+        self.suffix = "" if submission_names else "_seg"
+        self.save = SaveImage(
+            output_ext=".nii.gz",
+            output_dtype=np.uint8,
+            resample=False,  # already on the files' grid
+            writer="NibabelWriter",
+            print_log=False,
+        )
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # Here, not per batch: ranks may predict different numbers of batches, and finding the
@@ -91,9 +99,7 @@ class SegmentationWriter(BasePredictionWriter):
     ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         for label_map, case_id in zip(prediction, batch["case_id"], strict=True):
-            voxels = label_map[0].detach().cpu().numpy().astype(np.uint8)
-            image = nib.Nifti1Image(voxels, label_map.affine.detach().cpu().numpy())
-            nib.save(image, self.directory / f"{case_id}{self.suffix}")
+            self.save(label_map, filename=self.directory / f"{case_id}{self.suffix}")
 
 
 class CaseScoresWriter(Callback):

@@ -41,10 +41,10 @@ _SPACING_RANGE_MM = (0.2, 8.0)
 # 2-D export), not a volume of a head: a brain spans at least 120 mm, 15 voxels even at the
 # coarsest spacing accepted. Resampling would smear it into a plausible-looking volume.
 _MIN_VOXELS_PER_AXIS = 8
-SEG_ROLE = "seg"
+LABEL_MAP_ROLE = "label map"
 # Which label maps a check reads: segmentation needs every case's, classification reads none, and
 # a check without a task reads those that exist.
-LabelMaps = Literal["required", "unused", "if present"]
+LabelMapUse = Literal["required", "unused", "if present"]
 
 
 @dataclass
@@ -54,7 +54,8 @@ class FileScan:
     Attributes:
         path: the file.
         case: its case id.
-        role: a modality name (``MODALITIES``), "image" for the Decathlon's 4-D file, or "seg".
+        role: a modality name (``MODALITIES``), "image" for the Decathlon's 4-D file, or
+            "label map".
         problems: what is wrong with the file alone.
         shape, affine: from the header; None where it could not be read.
         channel_ranges: per channel (one for a 3-D file), the (min, max) of the finite voxels, or
@@ -83,27 +84,27 @@ class FileCheck:
     scans: list[FileScan]
 
 
-def validate_cases(
+def check_files_or_raise(
     cases: Sequence[BratsCase],
-    label_maps: LabelMaps = "if present",
+    label_map_use: LabelMapUse = "if present",
     full: bool = False,
     workers: int | None = None,
 ) -> list[Problem]:
     """Raise one DataError naming every unusable file of `cases` (see `check_files`); return the
     warnings, e.g. of all-zero modalities, which do not stop training."""
-    result = check_files(cases, label_maps, full, workers, show_progress=full)
+    result = check_files(cases, label_map_use, full, workers, show_progress=full)
     raise_for_problems(result.problems, "the BraTS data cannot be used")
     return result.problems
 
 
 def check_files(
     cases: Sequence[BratsCase],
-    label_maps: LabelMaps = "if present",
+    label_map_use: LabelMapUse = "if present",
     full: bool = False,
     workers: int | None = None,
     show_progress: bool = False,
 ) -> FileCheck:
-    """Check the images (and the label maps `label_maps` says) of `cases`.
+    """Check the images (and the label maps `label_map_use` says) of `cases`.
 
     Each file alone: missing, zero bytes, unreadable header, truncated (from its size), 2-D or 4-D
     where 3-D is expected (the Decathlon's 4-D images need 4 channels last); in a full check also
@@ -112,8 +113,8 @@ def check_files(
     differ from the case's other images (the odd one out is blamed), a label map on another grid
     than the images, and every modality all zero (full check).
     """
-    files = [(case, role, path) for case in cases for role, path in _files(case, label_maps)]
-    problems = _missing_label_maps(cases, label_maps)
+    files = [(case, role, path) for case in cases for role, path in _files(case, label_map_use)]
+    problems = _missing_label_maps(cases, label_map_use)
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
 
     def scan(entry: tuple[BratsCase, str, Path]) -> FileScan:
@@ -132,8 +133,9 @@ def check_files(
         case_scans = scans_by_case.get(case.case_id, [])
         problems += [problem for file_scan in case_scans for problem in file_scan.problems]
         problems += _case_problems(case, case_scans, full)
-    if label_maps != "unused":
-        problems += _no_tumour_problems(scans, "error" if label_maps == "required" else "warning")
+    if label_map_use != "unused":
+        severity = "error" if label_map_use == "required" else "warning"
+        problems += _no_tumour_problems(scans, severity)
     return FileCheck(problems, scans)
 
 
@@ -143,7 +145,7 @@ def _no_tumour_problems(
     """A problem if no readable label map has a tumour voxel: a segmenter would learn to predict
     background everywhere (one empty case is fine). Where the check has not read the label maps'
     values, they are read one by one up to the first with a tumour, usually the first."""
-    label_maps = [scan for scan in scans if scan.role == SEG_ROLE and not scan.problems]
+    label_maps = [scan for scan in scans if scan.role == LABEL_MAP_ROLE and not scan.problems]
     if not label_maps or any(_has_tumour(scan) for scan in label_maps):
         return []
     folder = os.path.commonpath([scan.path.parent for scan in label_maps])
@@ -163,15 +165,15 @@ def _has_tumour(scan: FileScan) -> bool:
         return False
 
 
-def _missing_label_maps(cases: Sequence[BratsCase], label_maps: LabelMaps) -> list[Problem]:
+def _missing_label_maps(cases: Sequence[BratsCase], label_map_use: LabelMapUse) -> list[Problem]:
     """An error per case without a label map where they are required; where they are merely
     read if present, a warning per case without one while others have one (a lost file)."""
     message, severity = "no label map (segmentation needs one)", "error"
-    if label_maps == "if present":
+    if label_map_use == "if present":
         if all(case.label_map is None for case in cases):
             return []
         message, severity = "no label map, unlike other cases", "warning"
-    elif label_maps == "unused":
+    elif label_map_use == "unused":
         return []
     return [
         Problem(str(case.images[0].parent), message, case.case_id, severity)
@@ -180,16 +182,16 @@ def _missing_label_maps(cases: Sequence[BratsCase], label_maps: LabelMaps) -> li
     ]
 
 
-def _files(case: BratsCase, label_maps: LabelMaps) -> Iterator[tuple[str, Path]]:
+def _files(case: BratsCase, label_map_use: LabelMapUse) -> Iterator[tuple[str, Path]]:
     roles = MODALITIES if len(case.images) == len(MODALITIES) else ("image",)
     yield from zip(roles, case.images, strict=True)
-    if case.label_map is not None and label_maps != "unused":
-        yield SEG_ROLE, case.label_map
+    if case.label_map is not None and label_map_use != "unused":
+        yield LABEL_MAP_ROLE, case.label_map
 
 
 def _expected_ndim(case: BratsCase, role: str) -> int:
     release = RELEASES[case.release]
-    return release.spatial_dims if role == SEG_ROLE else release.image_ndim
+    return release.spatial_dims if role == LABEL_MAP_ROLE else release.image_ndim
 
 
 def _scan_file(scan: FileScan, case: BratsCase, full: bool) -> FileScan:
@@ -324,7 +326,7 @@ def _scan_voxels(scan: FileScan, image: nib.spatialimages.SpatialImage) -> None:
             scan.problem(f"{infinities} infinite voxel{'s' if infinities > 1 else ''}")
         if finite.all():
             finite = None
-    if scan.role == SEG_ROLE:
+    if scan.role == LABEL_MAP_ROLE:
         scan.label_values = np.unique(data[finite] if finite is not None else data).tolist()
         return
     channels = [data] if data.ndim < 4 else [data[..., c] for c in range(data.shape[3])]
@@ -342,7 +344,7 @@ def _case_problems(case: BratsCase, scans: list[FileScan], full: bool) -> list[P
     problems: list[Problem] = []
     gridded = [s for s in scans if s.shape is not None and len(s.shape) >= 3]
     gridded = [s for s in gridded if len(s.shape) == _expected_ndim(case, s.role)]
-    images = [s for s in gridded if s.role != SEG_ROLE]
+    images = [s for s in gridded if s.role != LABEL_MAP_ROLE]
     if not images:
         return problems
     reference_shape = Counter(s.shape[:3] for s in images).most_common(1)[0][0]
@@ -360,7 +362,7 @@ def _case_problems(case: BratsCase, scans: list[FileScan], full: bool) -> list[P
             others = ", ".join(s.role for s in on_grid if _same_affine(s.affine, reference))
             problems.append(_problem(scan, _affine_difference(scan.affine, reference, others)))
 
-    for scan in (s for s in gridded if s.role == SEG_ROLE):
+    for scan in (s for s in gridded if s.role == LABEL_MAP_ROLE):
         if scan.shape[:3] != reference_shape:
             message = f"label map shape {scan.shape[:3]} differs from the images' {reference_shape}"
             problems.append(_problem(scan, message))
