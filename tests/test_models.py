@@ -85,8 +85,9 @@ def test_the_encoder_has_no_classifier():
     encoder = resnext3d.create_model("resnext14_tiny", features_only=True)
     assert isinstance(encoder, ResNeXtFeatures)
     assert not any(key.startswith("fc.") for key in encoder.state_dict())
-    with pytest.raises(TypeError, match="num_classes"):
-        ResNeXtFeatures("resnext14_tiny", num_classes=2)
+    for classifier_argument in ({"num_classes": 2}, {"drop_rate": 0.5}):
+        with pytest.raises(TypeError, match=next(iter(classifier_argument))):
+            ResNeXtFeatures("resnext14_tiny", **classifier_argument)
 
 
 def test_forward_intermediates_takes_maps_as_timm_does():

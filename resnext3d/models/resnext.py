@@ -168,9 +168,6 @@ class FeatureInfo:
         """One integer per feature map where strides are isotropic, else the per-axis strides."""
         return [e["reduction"] for e in self.entries]
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def __repr__(self) -> str:
         return f"FeatureInfo(channels={self.channels()}, reduction={self.reduction()})"
 
@@ -475,7 +472,7 @@ class ResNeXtFeatures(ResNeXt):
         out_indices: int | Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(preset, num_classes=0, **kwargs)
+        super().__init__(preset, num_classes=0, drop_rate=0.0, **kwargs)
         # A classifier here would be parameters no loss reaches, which DDP refuses.
         del self.avgpool, self.fc
         self.out_indices, _ = _take_indices(len(self.layers) + 1, out_indices)
