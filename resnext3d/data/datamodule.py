@@ -186,7 +186,7 @@ class BratsDataModule(L.LightningDataModule):
         self._data_root()
 
     def setup(self, stage: str) -> None:
-        """Validate the data, then build the datasets `stage` needs and save the split."""
+        """Check the files `stage` reads, then build the datasets it needs and save the split."""
         cases = self._cases()
         self._check_files(cases, stage)
         items = {case.case_id: self._item(case) for case in cases}
