@@ -6,12 +6,13 @@ Everything but the network is `experiments/brats_seg.yaml`: data (the anatomical
 brain anatomy with gliomas, 120 cases of which half are validated, unless ``--phantom simple`` or
 ``--data-dir``), crops, loss, optimizer, precision, sliding-window validation and metrics; the
 learning rate is constant, as a time budget gives a schedule no length. Each network first runs
-a few timed training steps in each memory format and keeps its faster one on this machine (MONAI's
-networks need not be fastest in the project's). Each network × seed then trains for the same
-``--budget`` seconds (Lightning's ``max_time``) in a process of its own, and validates its last
-state in another (not timed), which scores every validation case on its own grid. The networks
-are compared pairwise on the same cases and seeds (:mod:`benchmarks.paired`): the mean
-difference of each case's score, with its 95% bootstrap confidence interval.
+a few timed training steps in each memory format with each norm it offers (:data:`NORMS`) and
+keeps its fastest setting on this machine (MONAI's networks need not be fastest in the
+project's). Each network × seed then trains for the same ``--budget`` seconds (Lightning's
+``max_time``) in a process of its own, and validates its last state in another (not timed), which
+scores every validation case on its own grid. The networks are compared pairwise on the same
+cases and seeds (:mod:`benchmarks.paired`): the mean difference of each case's score, with its
+95% bootstrap confidence interval.
 
     python -m benchmarks.bench_seg [--budget 240] [--seeds 0 1] [--quick]   # make bench-seg
 """
@@ -65,10 +66,27 @@ BENCH_PHANTOM_DIRS = {
     "anatomical": PHANTOM_DIR.with_name("bench_seg_anatomical"),
     "simple": PHANTOM_DIR.with_name("bench_seg_simple"),
 }
-# The memory formats each network is timed in before it trains; it trains in its faster one.
+# The memory formats each network is timed in before it trains, with each of its norms.
 MEMORY_FORMATS: dict[str, list[str]] = {
     "channels_last_3d": ["--model.init_args.channels_last", "true"],
     "contiguous": ["--model.init_args.channels_last", "false"],
+}
+# The norms a network offers, its authors' first: a network trains in its fastest setting
+# (memory format × norm) on this machine, as a user who measured would.
+NORMS: dict[str, dict[str, list[str]]] = {
+    "ResNeXt UNet (project default)": {
+        "batch": [],  # brats_seg's
+        "instance": [f"{NETWORK}.init_args.norm", '["instance", {"affine": true}]'],  # nnU-Net's
+    },
+    "MONAI SegResNet": {
+        "group": [],  # SegResNet's default: 8 groups
+        "batch": [f"{NETWORK}.init_args.norm", "batch"],
+        "instance": [f"{NETWORK}.init_args.norm", "instance"],
+    },
+    "MONAI DynUNet (nnU-Net plan)": {
+        "instance": [],  # nnU-Net's
+        "batch": [f"{NETWORK}.init_args.norm_name", "batch"],
+    },
 }
 PROBE_STEPS, PROBE_WARMUP_STEPS = 12, 4
 # Per-case scores compared between networks: the challenge's ranking metric, and the legacy Dice.
@@ -102,22 +120,28 @@ def run_in_new_folder(args: list[str], cwd: Path) -> Path:
     return created
 
 
-def fastest_memory_format(
-    network: list[str], data: list[str], workdir: Path
-) -> tuple[str, dict[str, float]]:
-    """Time `PROBE_STEPS` training steps of `network` in each memory format; the fastest one's
-    name, and the median seconds per step after `PROBE_WARMUP_STEPS` of each."""
+def fastest_setting(
+    network: list[str], norms: dict[str, list[str]], data: list[str], workdir: Path
+) -> tuple[list[str], str, dict[str, float]]:
+    """Time `PROBE_STEPS` training steps of `network` in each memory format with each of its
+    `norms`; the fastest setting's arguments and name, and the median seconds per step after
+    `PROBE_WARMUP_STEPS` of every setting, by name ("contiguous, group norm")."""
     workdir.mkdir(parents=True, exist_ok=True)
-    medians = {}
-    for name, overrides in MEMORY_FORMATS.items():
+    medians, arguments = {}, {}
+    for (memory_format, format_args), (norm, norm_args) in itertools.product(
+        MEMORY_FORMATS.items(), (norms or {"default": []}).items()
+    ):
+        name = f"{memory_format}, {norm} norm" if norms else memory_format
+        arguments[name] = [*format_args, *norm_args]
         probe = run_in_new_folder(
-            ["fit", "--config", str(EXPERIMENT), *network, *overrides, *data,
+            ["fit", "--config", str(EXPERIMENT), *network, *arguments[name], *data,
              "--trainer.max_steps", str(PROBE_STEPS), "--trainer.limit_val_batches", "0",
              "--trainer.callbacks+=benchmarks.step_times.StepTimes",
              "--trainer.enable_progress_bar", "false"], workdir)  # fmt: skip
         seconds = json.loads((probe / "step_times.json").read_text())
         medians[name] = statistics.median(seconds[PROBE_WARMUP_STEPS:])
-    return min(medians, key=medians.__getitem__), medians
+    fastest = min(medians, key=medians.__getitem__)
+    return arguments[fastest], fastest, medians
 
 
 def train_and_validate(
@@ -268,28 +292,28 @@ def main(argv: list[str] | None = None) -> None:
         data += ["--data.init_args.num_workers", "0", "--trainer.check_val_every_n_epoch", "1"]
     print(f"{len(NETWORKS)} networks x seeds {seeds}, {budget:.0f} s of training each", flush=True)
     results: dict[str, list[dict]] = {}
-    memory_formats: dict[str, dict] = {}
+    settings: dict[str, dict] = {}
     started = time.perf_counter()
     for name, network in NETWORKS.items():
         folder = args.out / name.split(" (")[0].replace(" ", "_")
-        fastest, medians = fastest_memory_format(network, data, (folder / "probe").resolve())
-        memory_formats[name] = {"chosen": fastest, "seconds_per_step": medians}
+        fastest_args, fastest, medians = fastest_setting(
+            network, NORMS.get(name, {}), data, (folder / "probe").resolve()
+        )
+        settings[name] = {"chosen": fastest, "seconds_per_step": medians}
         print(f"  {name}: {fastest} (median s/step {medians})", flush=True)
         for seed in seeds:
             workdir = folder / f"seed{seed}"
             results.setdefault(name, []).append(
-                train_and_validate(
-                    [*network, *MEMORY_FORMATS[fastest]], seed, budget, data, workdir.resolve()
-                )
+                train_and_validate([*network, *fastest_args], seed, budget, data, workdir.resolve())
             )
             scores = {k: v for k, v in results[name][-1].items() if k != "cases"}
             print(f"  {name}, seed {seed}: {scores}", flush=True)
     table = [
         *summarise(results),
         "",
-        *(f"- {name}: trained {chosen['chosen']}, the faster of "
+        *(f"- {name}: trained {chosen['chosen']}, the fastest of "
           + ", ".join(f"{f} {s * 1000:.0f} ms/step" for f, s in chosen["seconds_per_step"].items())
-          for name, chosen in memory_formats.items()),
+          for name, chosen in settings.items()),
         "",
         *paired_comparisons(results, seeds),
     ]  # fmt: skip
@@ -297,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
-        json.dumps({"memory_formats": memory_formats, "runs": results}, indent=2)
+        json.dumps({"settings": settings, "runs": results}, indent=2)
     )
     (args.out / "results.md").write_text("\n".join(table) + "\n")
 

@@ -32,12 +32,12 @@ def test_quick_mode_runs_every_network(tiny_phantom, tmp_path, capsys):
     networks = len(bench_seg.NETWORKS)
     assert len(pairs) == networks * (networks - 1) // 2 * len(bench_seg.CASE_SCORES)
     results = json.loads((tmp_path / "results.json").read_text())
-    for name, chosen in results["memory_formats"].items():
+    for name, chosen in results["settings"].items():
         times = chosen["seconds_per_step"]
         assert chosen["chosen"] == min(times, key=times.get), name
 
 
-def test_each_network_trains_in_its_faster_memory_format(tmp_path, monkeypatch):
+def test_each_network_trains_in_its_fastest_memory_format_and_norm(tmp_path, monkeypatch):
     def fake_resnext3d(args, cwd):
         runs = cwd / "runs" / "brats_seg"
         runs.mkdir(parents=True, exist_ok=True)
@@ -45,13 +45,24 @@ def test_each_network_trains_in_its_faster_memory_format(tmp_path, monkeypatch):
         folder.mkdir()
         channels_last = args[args.index("--model.init_args.channels_last") + 1] == "true"
         step = 0.2 if channels_last else 0.1  # contiguous faster, as for SegResNet on this CPU
+        step += 0.05 if "batch" in args else 0.0  # and its default norm faster than batch norm
         seconds = [5.0] * bench_seg.PROBE_WARMUP_STEPS + [step] * 8  # one-off costs first
         (folder / "step_times.json").write_text(json.dumps(seconds))
 
     monkeypatch.setattr(bench_seg, "run", fake_resnext3d)
-    fastest, medians = bench_seg.fastest_memory_format([], [], tmp_path)
-    assert fastest == "contiguous"
-    assert medians == {"channels_last_3d": 0.2, "contiguous": 0.1}
+    norms = {"group": [], "batch": ["--model.init_args.network.init_args.norm", "batch"]}
+    arguments, fastest, medians = bench_seg.fastest_setting([], norms, [], tmp_path)
+    assert fastest == "contiguous, group norm"
+    assert arguments == ["--model.init_args.channels_last", "false"]
+    assert medians == pytest.approx({
+        "channels_last_3d, group norm": 0.2, "channels_last_3d, batch norm": 0.25,
+        "contiguous, group norm": 0.1, "contiguous, batch norm": 0.15,
+    })  # fmt: skip
+
+
+def test_every_network_offers_its_norms_and_the_quick_bench_knows_them():
+    assert set(bench_seg.NORMS) == set(bench_seg.NETWORKS)
+    assert all(len(norms) >= 2 for norms in bench_seg.NORMS.values())
 
 
 def test_a_second_bench_run_reads_its_own_runs_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
