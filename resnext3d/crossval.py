@@ -29,14 +29,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from resnext3d.sweep import (
     SweepRun,
     best_score,
     format_value,
-    read_yaml,
-    run_loggers,
     run_state,
     run_sweep,
     slurm_array_script,
@@ -44,12 +40,11 @@ from resnext3d.sweep import (
 )
 
 LOG_FILE = "cv.log"
-RUN_CONFIG = "run.yaml"
 RESULTS = "cv_results"
 # What the cross-validation decides for each fold, so an override may not set it.
 RESERVED_OPTIONS = (
     "--data.init_args.fold", "--data.fold", "--data.init_args.num_folds", "--data.num_folds",
-    "--trainer.default_root_dir",
+    "--trainer.default_root_dir", "--run_dir",
 )  # fmt: skip
 
 
@@ -105,9 +100,8 @@ def cross_validation(
 
 
 def fit_arguments(cv: CrossValidation, fold: int) -> list[str]:
-    """The ``resnext3d fit`` arguments of a new fold: the configs and overrides, the fold, then
-    the fold's own config (its directory and loggers, after any logger config of the user's) and
-    the callback that marks it finished."""
+    """The ``resnext3d fit`` arguments of a new fold: the configs and overrides, the fold and its
+    directory, and the callback that marks it finished."""
     arguments = ["fit"]
     for config in cv.configs:
         arguments += ["--config", str(config)]
@@ -117,34 +111,23 @@ def fit_arguments(cv: CrossValidation, fold: int) -> list[str]:
         str(fold),
         "--data.init_args.num_folds",
         str(cv.num_folds),
+        f"--run_dir={cv.fold_dir(fold).resolve()}",
     ]
-    arguments += ["--config", str(cv.fold_dir(fold) / RUN_CONFIG)]
     arguments += ["--trainer.callbacks+=resnext3d.sweep.FinishedRun"]
     return arguments
 
 
-def write_fold_config(cv: CrossValidation, fold: int) -> Path:
-    """Write the fold's ``run.yaml`` (its directory, its loggers writing there) and return it."""
-    fold_dir = cv.fold_dir(fold)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    wandb = {
-        "name": f"{cv.name}/fold{fold}",
-        "group": cv.name,
-        "tags": [f"fold={fold}", f"num_folds={cv.num_folds}"],
-    }
-    loggers = run_loggers([read_yaml(config) for config in cv.configs], fold_dir, wandb)
-    config = {"trainer": {"default_root_dir": str(fold_dir.resolve()), "logger": loggers}}
-    path = fold_dir / RUN_CONFIG
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 def sweep_run(cv: CrossValidation, fold: int) -> SweepRun:
     def start() -> list[str]:
-        write_fold_config(cv, fold)
+        cv.fold_dir(fold).mkdir(parents=True, exist_ok=True)
         return fit_arguments(cv, fold)
 
-    return SweepRun(f"fold{fold}", cv.fold_dir(fold), LOG_FILE, start)
+    wandb = {
+        "WANDB_NAME": f"{cv.name}/fold{fold}",
+        "WANDB_RUN_GROUP": cv.name,
+        "WANDB_TAGS": f"fold={fold},num_folds={cv.num_folds}",
+    }
+    return SweepRun(f"fold{fold}", cv.fold_dir(fold), LOG_FILE, start, wandb)
 
 
 # Results.
@@ -294,7 +277,6 @@ def cv_main(argv: Sequence[str] | None = None) -> int:
 
     if args.print_commands:
         for fold in folds:
-            write_fold_config(cv, fold)
             print(f"resnext3d {shlex.join(fit_arguments(cv, fold))}")
         return 0
     if args.slurm:

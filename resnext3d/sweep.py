@@ -19,15 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-import yaml
 
-DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
+from resnext3d.training.checkpoints import LAST_CHECKPOINT, read_checkpoint
+
 # Written by a run's FinishedRun callback when its fit completes: the run is finished.
 FINISHED_FILE = "finished.json"
 # A scheduler's or `kill`'s SIGTERM and a terminal's Ctrl-C stop the sweep and the fit it runs.
@@ -64,13 +63,14 @@ class FinishedRun(L.Callback):
 @dataclass(frozen=True)
 class SweepRun:
     """One run of a sweep: its name in progress messages, its directory, the name of the file in
-    it that takes the fit's output, and `start`, which readies a new run's directory (its config
-    files) and returns the new fit's arguments."""
+    it that takes the fit's output, `start`, which readies a new run's directory and returns the
+    new fit's arguments, and the wandb environment variables that name, group and tag its fit."""
 
     name: str
     run_dir: Path
     log_name: str
     start: Callable[[], list[str]]
+    wandb: dict[str, str] = field(default_factory=dict)  # e.g. WANDB_RUN_GROUP for its fit
 
     @property
     def log(self) -> Path:
@@ -81,7 +81,7 @@ def run_state(run_dir: Path) -> str:
     """ "finished", "resumable" (killed after a checkpoint), or "new" (nothing to continue)."""
     if (run_dir / FINISHED_FILE).is_file():
         return "finished"
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if (run_dir / LAST_CHECKPOINT).is_file():
         return "resumable"
     return "new"
 
@@ -99,7 +99,7 @@ def launch(run: SweepRun) -> int:
     else:
         shutil.rmtree(run.run_dir, ignore_errors=True)  # killed before its first checkpoint
         arguments = run.start()
-    environment = dict(os.environ)
+    environment = {**os.environ, **run.wandb}
     environment.pop("RESNEXT3D_RUN_VERSION", None)  # the run's directory is its own
     with run.log.open("a") as log:
         log.write(f"$ resnext3d {shlex.join(arguments)}\n")
@@ -236,50 +236,16 @@ def _ended(status: int) -> str:
     return f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited {status}"
 
 
-# A run's configuration.
-
-
-def run_loggers(configs: Sequence[dict], run_dir: Path, wandb: dict[str, Any]) -> list[dict] | bool:
-    """The loggers that `configs` choose (after the defaults; the last to set them wins), each
-    writing into `run_dir` as a resumed run's would, wandb with the `wandb` arguments (name,
-    group, tags)."""
-    loggers: Any = None
-    for config in [read_yaml(DEFAULTS), *configs]:
-        chosen = (config.get("trainer") or {}).get("logger")
-        if chosen is not None:
-            loggers = chosen
-    if loggers in (None, False):
-        return False
-    loggers = loggers if isinstance(loggers, list) else [loggers]
-    run_dir = run_dir.resolve()
-    placed = []
-    for logger in loggers:
-        logger = {"class_path": logger} if isinstance(logger, str) else dict(logger)
-        init_args = dict(logger.get("init_args") or {})
-        if logger["class_path"].endswith("WandbLogger"):
-            init_args.update(wandb)  # the CLI puts its files into the run directory
-        else:
-            init_args.update(
-                save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name
-            )
-        placed.append({**logger, "init_args": init_args})
-    return placed
-
-
-def read_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
-
-
 # Results.
 
 
 def best_score(run_dir: Path) -> tuple[str, float] | None:
     """The monitored metric's name and best value, from the ModelCheckpoint state in the run's
     last.ckpt."""
-    path = run_dir / "checkpoints" / "last.ckpt"
+    path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
         return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     for key, state in checkpoint.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
             return state["monitor"], float(state["best_model_score"])

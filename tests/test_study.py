@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
-from resnext3d import study as study_module
 from resnext3d import sweep
 from resnext3d.models import count_parameters
 from resnext3d.models.complexity import bottleneck_parameters, complexity_table
 from resnext3d.models.resnext import ResNeXt
-from resnext3d.study import StudyError, load_study, study_main, variant_complexity
+from resnext3d.study import paired_difference, study_main, study_parser
+from resnext3d.study.config import StudyConfig, parse_study
 
 ROOT = Path(__file__).parents[1]
 TESTS = Path(__file__).parent
@@ -42,12 +42,22 @@ def block_parameters(model: ResNeXt) -> int:
     return sum(conv.weight.numel() for conv in (block.conv1, block.conv2, block.conv3))
 
 
+def load_study(path: Path, *overrides: str):
+    """The study `resnext3d study PATH [overrides]` runs, its variants counted."""
+    parser = study_parser()
+    namespace = parser.parse_args(["--config", str(path), *overrides])
+    for key in ("config", "print_commands", "slurm_array", "task"):
+        namespace.pop(key)
+    return parse_study(StudyConfig(**parser.instantiate(namespace).as_dict()), path)
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=lambda path: path.stem)
 def test_the_study_configs_load_from_the_repository_root(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     study = load_study(path)
     assert len(study.runs) == len(study.variants) * len(study.seeds) * len(study.folds)
     assert len({run.name for run in study.runs}) == len(study.runs)
+    assert all(variant.parameters > 0 and variant.gmacs > 0 for variant in study.variants)
 
 
 def test_equal_complexity_widths_and_parameters_are_the_complexity_tables(tmp_path, monkeypatch):
@@ -55,12 +65,11 @@ def test_equal_complexity_widths_and_parameters_are_the_complexity_tables(tmp_pa
     path = write_study(
         tmp_path,
         base="brats_cls",
-        input_size=[32, 32, 32],
-        network={"preset": "resnext50_32x4d"},
         reference={"cardinality": 1, "width": 64},
         layers=[2, 1, 1, 1],
         equal_complexity=[row["cardinality"] for row in complexity_table(3)],
         double_complexity={"wider": {"cardinality": 1}, "more_groups": {"cardinality": 2}},
+        overrides={"data": {"init_args": {"roi_size": [32, 32, 32]}}},
     )
     study = load_study(path)
     equal = [v for v in study.variants if v.group == "equal"]
@@ -78,17 +87,56 @@ def test_equal_complexity_widths_and_parameters_are_the_complexity_tables(tmp_pa
                 num_classes=2,
             )
         assert block_parameters(model) == row["equal_parameters"]
-        assert variant_complexity(study, variant)[0] == count_parameters(model)
+        assert variant.parameters == count_parameters(model)
+        assert variant.depth == 17  # the stem, 5 blocks of 3, the classifier
     double = {v.group: v for v in study.variants if v.group != "equal"}
     wider, more_groups = double["wider"], double["more_groups"]
     assert (more_groups.cardinality, more_groups.width) == (2, 64)  # the paper's 2×64d
     assert bottleneck_parameters(1, wider.width, 3) == pytest.approx(2 * REFERENCE_3D, rel=0.02)
 
 
-def test_a_study_config_error_names_the_file_and_the_key(tmp_path):
+def test_parameters_are_counted_on_the_network_the_experiment_builds(tmp_path, monkeypatch):
+    """An argument of the base experiment's network that the study does not vary (squeeze-and-
+    excitation here) is in every count, and GMACs follow the data's crop size."""
+    monkeypatch.chdir(ROOT)
+    counts = {}
+    for se in (None, 4):
+        for crop in (32, 64):
+            path = write_study(
+                tmp_path,
+                base="brats_cls",
+                reference={"cardinality": 1, "width": 64},
+                layers=[1, 1, 1, 1],
+                equal_complexity=[4],
+                overrides={
+                    "model": {"init_args": {"network": {"init_args": {"se_reduction": se}}}},
+                    "data": {"init_args": {"roi_size": [crop] * 3}},
+                },
+            )
+            (variant,) = load_study(path).variants
+            counts[se, crop] = variant.parameters, variant.gmacs
+    assert counts[4, 32][0] > counts[None, 32][0]
+    assert counts[None, 64][0] == counts[None, 32][0]
+    assert counts[None, 64][1] == pytest.approx(8 * counts[None, 32][1], rel=0.05)
+
+
+def test_the_segmentation_series_varies_the_unets_blocks_at_equal_complexity(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    study = load_study(ROOT / "experiments" / "studies" / "cpu_seg_anatomical.yaml")
+    blocks = {v.cardinality: bottleneck_parameters(v.cardinality, v.width, 3, 32)
+              for v in study.variants}  # fmt: skip
+    reference = bottleneck_parameters(8, 4, 3, 32)
+    assert all(abs(count / reference - 1) < 0.05 for count in blocks.values()), blocks
+    parameters = [variant.parameters for variant in study.variants]
+    assert max(parameters) / min(parameters) < 1.1
+    assert {v.depth for v in study.variants} == {26}  # the 4 stages a 32³ patch at 3 mm plans
+
+
+def test_a_study_config_error_names_the_file_and_the_key(tmp_path, capsys):
     path = write_study(tmp_path, base="brats_cls", cardinalities=[1, 2])
-    with pytest.raises(StudyError, match=r"toy\.yaml: unknown keys \['cardinalities'\]"):
-        load_study(path)
+    assert study_main([str(path), "--print_commands"]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}: " in error and "cardinalities" in error
 
 
 def write_toy_study(tmp_path: Path, phantom: Path, max_epochs: int = 1) -> Path:
@@ -97,13 +145,12 @@ def write_toy_study(tmp_path: Path, phantom: Path, max_epochs: int = 1) -> Path:
     return write_study(
         tmp_path,
         base=str(ROOT / "experiments" / "brats_cls.yaml"),
-        input_size=[16, 16, 16],
-        network={"preset": "resnext14_tiny"},
         reference={"cardinality": 1, "width": 64},
         layers=[1, 1, 1, 1],
         equal_complexity=[1, 4],
         seeds=[0],
         overrides={
+            "model": {"init_args": {"network": {"init_args": {"preset": "resnext14_tiny"}}}},
             "trainer": {
                 "max_epochs": max_epochs, "limit_train_batches": 2, "limit_val_batches": 1,
                 "accelerator": "cpu", "enable_progress_bar": False,
@@ -126,7 +173,7 @@ def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
     toy_study, monkeypatch, capsys
 ):
     config, out_dir = toy_study
-    assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
+    assert study_main([str(config), "--out_dir", str(out_dir)]) == 0
     for name in ("results.csv", "results.md", "results.png"):
         assert (out_dir / name).stat().st_size > 0, name
     results, paired = (out_dir / "results.md").read_text().split("\n\n", 1)
@@ -156,43 +203,45 @@ def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
 
     launched = []
     monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: launched.append(args))
-    assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
+    assert study_main([str(config), "--out_dir", str(out_dir)]) == 0
     assert launched == []
     assert capsys.readouterr().out.count("finished, skipped") == 2
 
     # A run killed after its checkpoint, without its completion record, is resumed in place.
     killed = out_dir / "runs" / "resnext14_4x28d-seed0"
-    (killed / study_module.FINISHED_FILE).unlink()
+    (killed / sweep.FINISHED_FILE).unlink()
 
     class FinishingFit:
         def __init__(self, command, **kwargs):
             launched.append(command)
-            (killed / study_module.FINISHED_FILE).write_text("{}")
+            environments.append(kwargs["env"])
+            (killed / sweep.FINISHED_FILE).write_text("{}")
 
         def wait(self) -> int:
             return 0
 
+    environments = []
     monkeypatch.setattr(subprocess, "Popen", FinishingFit)
-    assert study_main([str(config), "--out-dir", str(out_dir)]) == 0
+    assert study_main([str(config), "--out_dir", str(out_dir)]) == 0
     (command,) = launched
     assert command[command.index("fit") :] == ["fit", "--resume", str(killed)]
+    # wandb names, groups and tags the resumed fit as it did the new one.
+    (environment,) = environments
+    assert environment["WANDB_NAME"] == "toy/resnext14_4x28d-seed0"
+    assert environment["WANDB_RUN_GROUP"] == "toy"
+    assert set(environment["WANDB_TAGS"].split(",")) >= {"C=4", "d=28", "seed=0"}
 
 
 def test_print_commands_and_slurm_array(toy_study, capsys):
     config, out_dir = toy_study
-    assert study_main([str(config), "--out-dir", str(out_dir), "--print-commands"]) == 0
+    assert study_main([str(config), "--out_dir", str(out_dir), "--print_commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(line.startswith("resnext3d fit --config ") for line in lines)
-    run_config = yaml.safe_load(
-        (out_dir / "runs" / "resnext14_4x28d-seed0" / "run.yaml").read_text()
-    )
-    assert run_config["model"]["init_args"]["network"]["init_args"]["cardinality"] == 4
-    assert {lg["init_args"]["version"] for lg in run_config["trainer"]["logger"]} == {
-        "resnext14_4x28d-seed0"
-    }
+    assert "--model.init_args.network.init_args.cardinality=4 " in lines[1]
+    assert f"--run_dir={(out_dir / 'runs' / 'resnext14_4x28d-seed0').resolve()} " in lines[1]
 
     script = out_dir / "study.sbatch"
-    assert study_main([str(config), "--out-dir", str(out_dir), "--slurm-array", str(script)]) == 0
+    assert study_main([str(config), "--out_dir", str(out_dir), "--slurm_array", str(script)]) == 0
     text = script.read_text()
     assert "#SBATCH --array=0-1" in text
     assert '--task "$SLURM_ARRAY_TASK_ID"' in text
@@ -204,7 +253,7 @@ def test_a_failed_run_is_failed_in_the_results_and_the_sweep_goes_on(toy_study, 
     broken = out_dir / "runs" / "resnext14_1x64d-seed0"
     (broken / "checkpoints").mkdir(parents=True)
     (broken / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    assert study_main([str(config), "--out-dir", str(out_dir)]) == 1
+    assert study_main([str(config), "--out_dir", str(out_dir)]) == 1
     with (out_dir / "results.csv").open() as handle:
         failed, trained = csv.DictReader(handle)
     assert (failed["seed0"], failed["runs"]) == ("failed", "0")
@@ -221,7 +270,7 @@ def start_study(config: Path, out_dir: Path) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(TESTS)}
     environment.pop("RESNEXT3D_RUN_VERSION", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "resnext3d", "study", str(config), "--out-dir", str(out_dir)],
+        [sys.executable, "-m", "resnext3d", "study", str(config), "--out_dir", str(out_dir)],
         cwd=out_dir.parent,
         env=environment,
         stdin=subprocess.DEVNULL,
@@ -303,7 +352,7 @@ def test_a_stopped_study_stops_its_fit_and_writes_no_results(long_toy_study, kil
     assert not alive(fit)
     assert f"stopped by {stop.name}, its fit exited" in err  # of itself, not killed
     assert str(run / "study.log") in err
-    assert study_module.run_state(run) == "resumable"  # the rerun continues it
+    assert sweep.run_state(run) == "resumable"  # the rerun continues it
     assert not (out_dir / "runs" / "resnext14_4x28d-seed0").exists()  # no further run started
     assert not (out_dir / "results.csv").exists()
 
@@ -346,7 +395,7 @@ def test_a_fit_that_ignores_the_stop_signal_is_killed_with_its_group_after_the_g
 def test_paired_differences_have_a_t_interval_and_the_replicates_a_target_would_need():
     reference = {"seed0": 0.70, "seed1": 0.80, "seed2": 0.75, "seed3": 0.9}
     variant = {"seed0": 0.72, "seed1": 0.83, "seed2": 0.76}  # seed3 failed: left out
-    difference = study_module.paired_difference(variant, reference)
+    difference = paired_difference(variant, reference)
     # Differences 0.02, 0.03, 0.01: mean 0.02, s = 0.01, t(0.975, 2) = 4.303.
     assert difference.replicates == 3
     assert difference.mean == pytest.approx(0.02)
