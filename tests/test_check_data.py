@@ -272,7 +272,7 @@ class Kind:
     corrupt: object
     problem: str  # a regular expression the problem's message matches
     task: str = "classification"  # the data module that must refuse it
-    level: str = "error"
+    severity: str = "error"
     quick: bool = True  # found by the quick check that runs by default before training
     # Found when the cases are discovered, so that fit stops there, before the files are checked.
     layout: bool = False
@@ -290,7 +290,7 @@ KINDS = {
     "2-D image": Kind(two_d, "2-D image of shape .* where a 3-D one is expected"),
     "NaN voxels": Kind(nan_voxels, "4 NaN voxels", quick=False),
     "infinite voxels": Kind(infinite_voxels, "1 infinite voxel", quick=False),
-    "all-zero modality": Kind(zero_modality, r"all voxels are zero \(t1ce\)", level="warning",
+    "all-zero modality": Kind(zero_modality, r"all voxels are zero \(t1ce\)", severity="warning",
                               quick=False),
     "all-zero case": Kind(zero_case, "every modality is all zero", quick=False),
     "foreign label values": Kind(foreign_label_values, r"label values \[3\] are not brats2021 "
@@ -368,13 +368,13 @@ def test_check_data_lists_every_kind_with_its_file_in_one_run(broken_phantom, ca
     for name, kind in KINDS.items():
         file = str(blamed[name].relative_to(root))
         # Without a task, a lost label map is suspicious, not fatal: classification needs none.
-        level = "warning" if name == "missing label map" else kind.level
+        severity = "warning" if name == "missing label map" else kind.severity
         matching = [
             row
             for row in rows
-            if row.startswith(level) and f" {file}" in row and _search(kind.problem, row)
+            if row.startswith(severity) and f" {file}" in row and _search(kind.problem, row)
         ]
-        assert matching, f"{name}: no {level} for {file} matching {kind.problem!r}"
+        assert matching, f"{name}: no {severity} for {file} matching {kind.problem!r}"
     # The odd file out is blamed, not the other files of its case.
     assert not [row for row in rows if "BraTS2021_00005" in row and "flair" not in row]
     assert "classes (name_mapping.csv): LGG" in output
@@ -423,7 +423,7 @@ def test_training_refuses_each_kind_naming_the_file(name, small_phantom, tmp_pat
     checks = ["quick", "full"] if kind.quick else ["full"]
     for check in checks:
         data = module(data_dir=str(root), check=check, **SETTINGS, **extra)
-        if kind.level == "warning":
+        if kind.severity == "warning":
             with caplog.at_level(logging.WARNING):
                 data.setup("fit")
             assert str(blamed) in caplog.text and _search(kind.problem, caplog.text)
@@ -454,7 +454,7 @@ def test_fit_exits_1_naming_the_files(broken_files_phantom, tmp_path):
 
 
 @pytest.mark.parametrize("name", [name for name, kind in KINDS.items()
-                                  if not kind.quick and kind.level == "error"
+                                  if not kind.quick and kind.severity == "error"
                                   and kind.task == "classification"])  # fmt: skip
 def test_voxel_problems_past_the_quick_check_fail_named_when_read(name, small_phantom, tmp_path):
     """The quick check reads headers only; the memory cache reads every voxel at setup, where

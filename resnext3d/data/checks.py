@@ -23,7 +23,7 @@ from resnext3d.data.file_checks import LABEL_MAP_ROLE, FileCheck, axis_codes, ch
 from resnext3d.data.labels import check_labels
 from resnext3d.data.layouts import MODALITIES, BratsCase, find_cases
 
-COLUMNS = ("level", "case", "file", "problem")
+COLUMNS = ("severity", "case", "file", "problem")
 
 
 def check_data_main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +128,7 @@ def _check_labels(
 
 
 def problem_table(problems: Sequence[Problem], root: Path) -> str:
-    """Plain aligned columns (level, case, file, problem) with files relative to `root`, so
+    """Plain aligned columns (severity, case, file, problem) with files relative to `root`, so
     that the table survives a pipe or a log file unwrapped."""
     rows = [COLUMNS] + [
         (p.severity, p.case or "-", _short(p.path, root), p.message)
