@@ -14,31 +14,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins import Precision
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from resnext3d.crossval import cv_main
-from resnext3d.data.checks import check_data_main
-from resnext3d.data.errors import DataError
-from resnext3d.data.phantom import phantom_main
-from resnext3d.evaluation.evaluate import evaluate_main
 from resnext3d.files import describe_os_error
-from resnext3d.models import (
-    UNET_PRESETS,
-    PlannedResNeXtUNet,
-    ProbabilityEnsemble,
-    count_macs,
-    count_parameters,
-    create_model,
-    list_models,
-)
-from resnext3d.models.complexity import complexity_table
-from resnext3d.study import study_main
-from resnext3d.tasks import VolumeSegmenter
 from resnext3d.training import (
     CONFIG_FILE,
     AtomicCheckpointIO,
@@ -53,8 +38,19 @@ from resnext3d.training import (
     resume_files,
 )
 from resnext3d.training.checkpoints import LAST_CHECKPOINT
-from resnext3d.training.performance import accelerator_device_type, default_precision
+from resnext3d.training.performance import (
+    accelerator_device_type,
+    default_precision,
+    precision_plugin,
+)
 from resnext3d.training.run_lock import RunLock
+
+if TYPE_CHECKING:
+    from resnext3d.models import ProbabilityEnsemble
+
+# The tools (models, phantom, check-data, evaluate, study, cv) and the data, models and tasks are
+# imported by the commands that use them: `resnext3d --help` or a tool needs neither MONAI nor
+# the others' imports.
 
 # Set by the launching process so that the DDP workers it starts, which re-run this command,
 # write into its run directory.
@@ -78,7 +74,8 @@ class ResNeXtCLI(LightningCLI):
     its own directory, and one that evaluates another (`source_run`) goes beside it. Checkpoint
     callbacks without a monitor keep the task's metric. A run that leaves ``trainer.precision``
     unset gets the fastest measured for its device
-    (:func:`resnext3d.training.performance.default_precision`). Every run has a
+    (:func:`resnext3d.training.performance.default_precision`), and one in bf16-mixed on a CPU
+    trains with :class:`~resnext3d.training.performance.CpuBf16MixedPrecision`. Every run has a
     :class:`~resnext3d.training.NonFiniteGuard` (configured under ``nonfinite``) and writes its
     checkpoints atomically (:class:`~resnext3d.training.AtomicCheckpointIO`); a checkpoint given
     with ``--ckpt_path`` is checked against the run's model before anything starts, as is
@@ -144,6 +141,9 @@ class ResNeXtCLI(LightningCLI):
     def _ensemble_network(self) -> ProbabilityEnsemble:
         """The networks of the `ensemble`'s checkpoints, each checked against the model, which
         the first run's config built."""
+        from resnext3d.models import ProbabilityEnsemble
+        from resnext3d.tasks import VolumeSegmenter
+
         task = self._subcommand_config().model.class_path
         members = []
         for path in self.ensemble:
@@ -169,10 +169,18 @@ class ResNeXtCLI(LightningCLI):
         return ProbabilityEnsemble(members, probabilities)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        trainer = self._get(self.config_init, "trainer", default={})
+        plugins = trainer.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+            plugins = [*plugins, AtomicCheckpointIO()]
+        # The config keeps the precision's name, so that a run resumed or evaluated on another
+        # device gets that device's plugin.
+        device_type = accelerator_device_type(trainer.get("accelerator"))
+        precision = precision_plugin(trainer.get("precision"), device_type)
+        if precision is not None and not any(isinstance(plugin, Precision) for plugin in plugins):
+            plugins, kwargs["precision"] = [*plugins, precision], None
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def _subcommand_config(self):
@@ -453,6 +461,15 @@ def _take_option(args: list[str], option: str) -> tuple[list[str], list[str]]:
 
 
 def models_command(argv: list[str]) -> None:
+    from resnext3d.models import (
+        UNET_PRESETS,
+        PlannedResNeXtUNet,
+        count_macs,
+        count_parameters,
+        create_model,
+        list_models,
+    )
+
     parser = argparse.ArgumentParser(
         prog="resnext3d models", description="Every preset with its parameters and GMACs."
     )
@@ -507,6 +524,8 @@ def models_command(argv: list[str]) -> None:
 
 
 def complexity_command(argv: list[str]) -> None:
+    from resnext3d.models.complexity import complexity_table
+
     argparse.ArgumentParser(
         prog="resnext3d complexity",
         description="The paper's Table 2 (conv2 block, 256-d in and out) in 2D and 3D.",
@@ -532,22 +551,32 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def phantom_command(argv: list[str]) -> None:
+    from resnext3d.data.phantom import phantom_main
+
     sys.exit(phantom_main(argv))
 
 
 def check_data_command(argv: list[str]) -> None:
+    from resnext3d.data.checks import check_data_main
+
     sys.exit(check_data_main(argv))
 
 
 def study_command(argv: list[str]) -> None:
+    from resnext3d.study import study_main
+
     sys.exit(study_main(argv))
 
 
 def cv_command(argv: list[str]) -> None:
+    from resnext3d.crossval import cv_main
+
     sys.exit(cv_main(argv))
 
 
 def evaluate_command(argv: list[str]) -> None:
+    from resnext3d.evaluation.evaluate import evaluate_main
+
     sys.exit(evaluate_main(argv))
 
 
@@ -595,6 +624,8 @@ def main(argv: list[str] | None = None) -> None:
         TOOLS[args[0]](args[1:])
         return
     if args[0] in LIGHTNING_COMMANDS:
+        from resnext3d.data.errors import DataError
+
         try:
             lightning_main(argv)
         except (DataError, CheckpointError, NonFiniteError) as error:

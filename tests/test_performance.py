@@ -1,22 +1,25 @@
 """Device-dependent defaults: precision, memory format, compilation."""
 
 import warnings
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins import Precision
 from toy_data import ToyVolumes
 
 from resnext3d import create_model
+from resnext3d.cli import RUN_VERSION_VARIABLE, ResNeXtCLI
 from resnext3d.tasks import VolumeClassifier
 from resnext3d.training import performance
 from resnext3d.training.performance import (
+    CpuBf16MixedPrecision,
     TinyMapSafeConv3d,
     accelerator_device_type,
     cpu_has_native_bf16,
     default_precision,
     guard_tiny_convolutions,
+    precision_plugin,
     uses_channels_last,
     warn_if_slow_precision,
 )
@@ -174,6 +177,7 @@ def test_fit_trains_in_the_memory_format_chosen_for_its_device(
     assert task.memory_format == memory_format
 
 
+@pytest.mark.slow  # torch.compile of the network: several seconds before the first step
 def test_compile_compiles_the_network_in_place_and_keeps_checkpoint_keys(tmp_path):
     network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
     task = VolumeClassifier(network, compile=True)
@@ -190,19 +194,85 @@ def test_the_default_optimizer_is_fused_adamw():
 
 
 @pytest.mark.parametrize("library_correct", [True, False])
-def test_cpu_bf16_guards_tiny_convolutions_only_where_the_library_needs_it(
+def test_the_cpu_bf16_plugin_guards_tiny_convolutions_only_where_the_library_needs_it(
     monkeypatch, library_correct
 ):
     monkeypatch.setattr(performance, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(performance, "cpu_bf16_conv_gradients_are_correct", lambda: library_correct)
     network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
-    task = VolumeClassifier(network)
-    task.trainer = SimpleNamespace(
-        strategy=SimpleNamespace(root_device=CPU), precision="bf16-mixed"
-    )
-    task.configure_model()
+    assert CpuBf16MixedPrecision().convert_module(network) is network
     guarded = isinstance(network.conv1, TinyMapSafeConv3d)
     assert guarded is not library_correct
+
+
+def test_the_cpu_bf16_plugin_warns_on_a_cpu_without_native_bf16(native_bf16):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CpuBf16MixedPrecision().convert_module(torch.nn.Linear(1, 1))
+    assert len([w for w in caught if "slower" in str(w.message)]) == (0 if native_bf16 else 1)
+
+
+class OneConvolution(L.LightningModule):
+    """Not one of the project's tasks: the plugin guards whatever module it trains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, 2, 3, padding=1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.conv(batch).float().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_plain_trainer_with_the_cpu_bf16_plugin_guards_any_lightning_module(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(performance, "cpu_bf16_conv_gradients_are_correct", lambda: False)
+    module = OneConvolution()
+    trainer = L.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        plugins=[CpuBf16MixedPrecision()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(torch.randn(2, 2, 4, 4, 4)))
+    assert trainer.precision == "bf16-mixed"
+    assert isinstance(module.conv, TinyMapSafeConv3d)
+
+
+@pytest.mark.parametrize(
+    ("precision", "device_type", "plugin"),
+    [
+        ("bf16-mixed", "cpu", CpuBf16MixedPrecision),
+        ("bf16", "cpu", CpuBf16MixedPrecision),
+        ("bf16-mixed", "cuda", type(None)),
+        ("bf16-mixed", None, type(None)),
+        ("32-true", "cpu", type(None)),
+    ],
+)
+def test_only_cpu_bf16_mixed_trains_with_the_guarding_plugin(precision, device_type, plugin):
+    assert type(precision_plugin(precision, device_type)) is plugin
+
+
+def test_the_cli_gives_a_cpu_bf16_mixed_run_the_guarding_plugin(toy_config, monkeypatch):
+    monkeypatch.setenv(RUN_VERSION_VARIABLE, "run")  # this process's runs are not numbered on
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # as `resnext3d` sets it
+    arguments = ["--config", str(toy_config), "--trainer.accelerator", "cpu"]
+    for precision, plugin in (("bf16-mixed", CpuBf16MixedPrecision), ("32-true", Precision)):
+        cli = ResNeXtCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=[*arguments, "--trainer.precision", precision],
+            run=False,
+            auto_configure_optimizers=False,
+        )
+        assert type(cli.trainer.precision_plugin) is plugin
+        assert cli.trainer.precision == precision
 
 
 def test_tasks_return_float32_logits_under_bf16_autocast():

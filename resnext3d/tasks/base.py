@@ -1,5 +1,5 @@
 """What the tasks share: the optimizer and schedule from the config, and the fast paths of the
-device a run lands on (memory format, compilation, CPU bf16 guards)."""
+device a run lands on (memory format, compilation)."""
 
 from __future__ import annotations
 
@@ -78,11 +78,11 @@ class VolumeTask(L.LightningModule):
 
     def configure_model(self) -> None:
         """The fast paths of the device the trainer put the task on (see
-        :mod:`resnext3d.training.performance`): weights in the memory format inputs will take, tiny
-        convolutions kept in float32 where the CPU's bf16 gets their gradients wrong, and the
-        network compiled in place (its state-dict keys stay the same) if asked."""
+        :mod:`resnext3d.training.performance`): weights in the memory format inputs will take,
+        and the network compiled in place (its state-dict keys stay the same) if asked. CPU
+        bf16's guards are the precision plugin's
+        (:class:`~resnext3d.training.performance.CpuBf16MixedPrecision`)."""
         device = self.trainer.strategy.root_device
-        precision = str(self.trainer.precision)
         self.device_channels_last = performance.uses_channels_last(self.channels_last, device)
         # Each convolution's weights in the format of its dimensions: the network need not say
         # whether it is 2-D or 3-D (MONAI's UNet and BasicUNet do not).
@@ -91,10 +91,6 @@ class VolumeTask(L.LightningModule):
             (3, nn.utils.convert_conv3d_weight_memory_format),
         ):
             convert(self, performance.memory_format(self.device_channels_last, spatial_dims))
-        if device.type == "cpu" and precision.startswith("bf16"):
-            performance.warn_if_slow_precision(precision, device)
-            if not performance.cpu_bf16_conv_gradients_are_correct():
-                performance.guard_tiny_convolutions(self)
         if self.compile_network:
             self.network.compile()
 

@@ -8,7 +8,9 @@ convolutions whose input is smaller than the kernel along an axis (3×3×3 over 
 stage 4 of a 64³ crop; a sweep of kernels 1/3/7, strides 1/2, maps 1–8, dense and grouped, both
 memory formats found no other case), which sent a bf16 brats_cls run to NaN;
 :class:`TinyMapSafeConv3d` computes those few tiny convolutions in float32, where a probe finds
-the bug. On CUDA, bf16-mixed (far less memory) and the contiguous format (channels-last was
+the bug. Both CPU traps are handled by one Lightning precision plugin,
+:class:`CpuBf16MixedPrecision`, which the CLI trains CPU bf16-mixed runs with and any Trainer can
+take. On CUDA, bf16-mixed (far less memory) and the contiguous format (channels-last was
 slower on an H200: README) are the defaults.
 """
 
@@ -20,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.plugins import MixedPrecision
 
 ChannelsLast = bool | Literal["auto"]
 
@@ -82,6 +85,34 @@ def guard_tiny_convolutions(network: nn.Module) -> None:
     for module in network.modules():
         if type(module) is nn.Conv3d:
             module.__class__ = TinyMapSafeConv3d
+
+
+class CpuBf16MixedPrecision(MixedPrecision):
+    """Lightning's bf16-mixed on CPU, with the CPU's bf16 traps handled when the trainer sets the
+    module up (``convert_module``, where Lightning's bitsandbytes and Transformer Engine plugins
+    swap layers too): a warning on CPUs without native bf16, and every Conv3d a
+    :class:`TinyMapSafeConv3d` where the probe finds oneDNN's wrong gradients. Any
+    LightningModule gets them with ``L.Trainer(accelerator="cpu",
+    plugins=[CpuBf16MixedPrecision()])`` (the Trainer's ``precision`` left unset); the CLI
+    chooses it for CPU bf16-mixed runs (:func:`precision_plugin`)."""
+
+    def __init__(self) -> None:
+        super().__init__("bf16-mixed", "cpu")
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        warn_if_slow_precision(self.precision, torch.device("cpu"))
+        if not cpu_bf16_conv_gradients_are_correct():
+            guard_tiny_convolutions(module)
+        return module
+
+
+def precision_plugin(precision: str | int | None, device_type: str | None) -> MixedPrecision | None:
+    """The plugin that trains in `precision` on `device_type` ("cpu", "cuda" or None, as
+    :func:`accelerator_device_type` names it): :class:`CpuBf16MixedPrecision` for bf16-mixed
+    on CPU; None leaves the precision to Lightning."""
+    if device_type == "cpu" and str(precision) in ("bf16-mixed", "bf16"):
+        return CpuBf16MixedPrecision()
+    return None
 
 
 def accelerator_device_type(accelerator: object) -> str | None:
