@@ -7,6 +7,7 @@ import contextlib
 import copy
 import importlib
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -70,7 +71,8 @@ class ResNeXtCLI(LightningCLI):
     Every run starts from ``resnext3d/configs/defaults.yaml`` (loggers, checkpoints), then its
     --config files. A run's config, checkpoints, metrics CSV, TensorBoard events, split and
     predictions all land in ``<save_dir>/<experiment>/<version>``, the experiment being the first
-    config file's name and the version the start time; a resumed run (`resume_dir`) continues in
+    config file's name and the version the start time, or in ``--run_dir`` where a config or the
+    command line sets it (a sweep's runs); a resumed run (`resume_dir`) continues in
     its own directory, and one that evaluates another (`source_run`) goes beside it. Checkpoint
     callbacks without a monitor keep the task's metric. A run that leaves ``trainer.precision``
     unset gets the fastest measured for its device
@@ -112,6 +114,13 @@ class ResNeXtCLI(LightningCLI):
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="the run's directory, where every logger writes and its checkpoints go "
+            "(default: <save_dir>/<experiment>/<start time>, from the first logger)",
+        )
         parser.add_argument(
             "--monitor",
             type=str | None,
@@ -194,14 +203,23 @@ class ResNeXtCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
         version = _run_version()
+        if self.source_run is not None:  # the run evaluated is not this run's directory
+            config.run_dir = None
+        run_dir = self.resume_dir or (Path(config.run_dir).resolve() if config.run_dir else None)
         loggers = config.trainer.logger
         loggers = loggers if isinstance(loggers, list) else [loggers]
         loggers = [lg for lg in loggers if hasattr(lg, "init_args")]
         for logger in loggers:
-            if self.resume_dir is not None:  # wherever the run is resumed from
-                logger.init_args.save_dir = str(self.resume_dir.parent.parent)
-                logger.init_args.name = self.resume_dir.parent.name
-                logger.init_args.version = self.resume_dir.name
+            if run_dir is not None and not _writes_files(logger):
+                # wandb's id: the saved config's when the run resumes, else a new version (the
+                # run directory's name need not be unique in a wandb project); its name, group
+                # and tags are a sweep's to set (WANDB_NAME, WANDB_RUN_GROUP, WANDB_TAGS).
+                logger.init_args.version = logger.init_args.version or version
+                continue
+            if run_dir is not None:  # the run's own directory, a resumed run's included
+                logger.init_args.save_dir = str(run_dir.parent.parent)
+                logger.init_args.name = run_dir.parent.name
+                logger.init_args.version = run_dir.name
                 continue
             if self.source_run is not None:  # a new run beside the one it evaluates
                 logger.init_args.save_dir = str(self.source_run.parent.parent)
@@ -219,8 +237,8 @@ class ResNeXtCLI(LightningCLI):
             device_type = accelerator_device_type(config.trainer.accelerator)
             if device_type is not None:
                 config.trainer.precision = default_precision(device_type)
-        if self.resume_dir is not None:
-            config.trainer.default_root_dir = str(self.resume_dir)
+        if run_dir is not None:
+            config.trainer.default_root_dir = str(run_dir)
         elif config.trainer.default_root_dir is None or self.source_run is not None:
             first = next((lg.init_args for lg in loggers if _writes_files(lg)), None)
             base = Path(first.save_dir) / first.name if first else Path("runs")
@@ -275,6 +293,49 @@ class ResNeXtCLI(LightningCLI):
             arguments = getattr(callback, "init_args", None)
             if callback.class_path.endswith("ModelCheckpoint") and arguments.monitor is None:
                 arguments.monitor, arguments.mode = monitor
+
+
+class _ConfigOnlyCLI(ResNeXtCLI):
+    """Parses a fit's configs and builds its model and data module as ``resnext3d fit`` does (the
+    defaults, the links from the data to the network), without a run: no directory, no trainer."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate(self.config)
+        self.model, self.datamodule = self.config_init.model, self.config_init.data
+
+
+def build_model_and_data(args: list[str]) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The LightningModule and data module that ``resnext3d fit ARGS`` would train, e.g. to count
+    a sweep's networks (build them under ``torch.device("meta")`` to allocate nothing)."""
+    # Quietly: what a run says as it starts (its seed, the phantom's banner) is the run's to say.
+    with warnings.catch_warnings(), _logging_disabled():
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
+        cli = _ConfigOnlyCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=False,
+            auto_configure_optimizers=False,
+            parser_kwargs={"default_config_files": [str(DEFAULTS)]},
+        )
+    return cli.model, cli.datamodule
+
+
+@contextlib.contextmanager
+def _logging_disabled():
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _imported(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _writes_files(logger) -> bool:
