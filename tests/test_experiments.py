@@ -11,6 +11,7 @@ from resnext3d.cli import _keep_wandb_offline_without_key, main
 from resnext3d.training.performance import default_precision
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+EXPERIMENT = {path.stem: path for path in EXPERIMENTS}
 
 
 def small_data(phantom) -> list[str]:
@@ -22,22 +23,48 @@ def small_data(phantom) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
-def test_an_experiment_fits_validates_tests_predicts_and_resumes_through_the_cli(
-    config, tiny_phantom, in_tmp_dir
-):
-    experiment = ["--config", str(config), *small_data(tiny_phantom)]
-    main(["fit", *experiment, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
-    (run,) = (in_tmp_dir / "runs" / config.stem).iterdir()
+def fit_one_step(config: Path, phantom: Path, cwd: Path, *overrides: str) -> Path:
+    """`config` fitted for one training step, as `make train` runs it: its run directory,
+    checked."""
+    main(["fit", "--config", str(config), *small_data(phantom), "--trainer.max_epochs", "1",
+          "--trainer.limit_train_batches", "1", *overrides])  # fmt: skip
+    (run,) = (cwd / "runs" / config.stem).iterdir()
     for written in ("config.yaml", "split.json", "metrics.csv", "checkpoints/last.ckpt"):
         assert (run / written).exists(), written
     # The configs leave the precision to the device; the run's config records what it got.
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == default_precision("cpu")
-    last = run / "checkpoints" / "last.ckpt"
     # Tensors and plain Python values only: no MONAI MetaTensor, no pickled object.
-    checkpoint = torch.load(last, weights_only=True)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 1
+    return run
+
+
+# One experiment per task; every experiment, with its full network, is in the slow sweep.
+@pytest.mark.parametrize(
+    ("experiment", "smaller"),
+    [("brats_cls", ["--model.init_args.network.init_args.layers", "[1, 1, 1, 1]"]),
+     ("brats_seg", [])],
+    ids=["brats_cls", "brats_seg"],
+)  # fmt: skip
+def test_a_task_trains_and_validates_a_step_of_its_experiment_through_the_cli(
+    experiment, smaller, tiny_phantom, in_tmp_dir
+):
+    validate_once = ["--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1"]
+    config = EXPERIMENT[experiment]
+    run = fit_one_step(config, tiny_phantom, in_tmp_dir, *validate_once, *smaller)
+    with (run / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle) if row["val/loss"]] == ["0"]
+
+
+@pytest.mark.slow  # every experiment through every subcommand: minutes (brats_seg_gpu's UNet)
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: path.stem)
+def test_an_experiment_fits_validates_tests_predicts_and_resumes_through_the_cli(
+    config, tiny_phantom, in_tmp_dir
+):
+    experiment = ["--config", str(config), *small_data(tiny_phantom)]
+    run = fit_one_step(config, tiny_phantom, in_tmp_dir)
+    last = run / "checkpoints" / "last.ckpt"
     for command in ("validate", "test"):
         main([command, *experiment, "--ckpt_path", str(last)])
     # The run's own config and best checkpoint, into a new run directory beside it.

@@ -23,6 +23,7 @@ CLASSIFICATION = str(ROOT / "experiments" / "brats_cls.yaml")
 SEGMENTATION = str(ROOT / "experiments" / "brats_seg.yaml")
 
 
+@pytest.mark.slow  # a fit in a process of its own, with loader workers
 def test_a_data_error_while_caching_exits_1_with_its_message(tiny_phantom, tmp_path):
     root = tmp_path / "phantom"
     shutil.copytree(tiny_phantom, root)
@@ -109,6 +110,7 @@ def test_resuming_needs_a_run_with_a_checkpoint(classification_run, in_tmp_dir, 
     assert "no checkpoints/last.ckpt: the run ended before its first checkpoint" in error
 
 
+@pytest.mark.slow  # a training process of its own, then a resumed fit
 def test_a_run_directory_in_use_is_refused_naming_the_process(toy_config, capsys):
     cwd = toy_config.parent
     training = subprocess.Popen(

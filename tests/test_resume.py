@@ -42,6 +42,7 @@ def metric_rows(run: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # three training processes, one with loader workers: about a minute
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(experiment, tmp_path):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     uninterrupted.mkdir(), interrupted.mkdir()

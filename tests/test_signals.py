@@ -16,9 +16,10 @@ from resnext3d.training import read_checkpoint
         # SIGTERM: Lightning finishes the batch, then stops (the shell's 128 + 15).
         ("SIGTERM", 128 + signal.SIGTERM, 4 + 3),
         # SIGINT: a KeyboardInterrupt where the process is, before the batch (Lightning's 1).
-        pytest.param("SIGINT", 1, 4 + 2, marks=pytest.mark.slow),
+        ("SIGINT", 1, 4 + 2),
     ],
 )
+@pytest.mark.slow  # two training processes per signal
 def test_a_signal_saves_the_state_exits_non_zero_and_the_run_resumes(
     toy_config, signal_name, status, steps
 ):

@@ -4,12 +4,14 @@ directory, with its metrics and figures, and no prompt."""
 import os
 from pathlib import Path
 
+import pytest
 from cli_process import run_resnext3d
 from test_experiments import small_data
 
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow  # a segmentation fit in a process of its own, wandb's service beside it
 def test_a_segmentation_run_logs_metrics_and_figures_to_wandb_offline(tiny_phantom, tmp_path):
     environment = {key: value for key, value in os.environ.items() if "WANDB" not in key}
     environment["HOME"] = str(tmp_path)  # no ~/.netrc: no key anywhere
