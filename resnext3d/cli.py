@@ -108,7 +108,8 @@ class ResNeXtCLI(LightningCLI):
             ("data.num_classes", "model.init_args.network.init_args.num_classes"),
             ("data.num_classes", "model.init_args.network.init_args.out_channels"),
             ("data.class_names", "model.init_args.class_names"),
-            # A planned network (PlannedResNeXtUNet) takes its plan from the crops it trains on.
+            # A planned network's request (PlannedResNeXtUNet) is planned for the crops it trains
+            # on; the run's config then records the plan (_record_plan).
             ("data.roi_size", "model.init_args.network.init_args.patch_size"),
             ("data.spacing", "model.init_args.network.init_args.spacing"),
         ):
@@ -141,11 +142,37 @@ class ResNeXtCLI(LightningCLI):
             )
 
     def after_instantiate_classes(self) -> None:
+        self._record_plan()
         path = self._ckpt_path()
         if path is not None:
             check_checkpoint_weights(path, self._checkpoint, self.model)
         if self.ensemble:
             self.model.network = self._ensemble_network()
+
+    def _record_plan(self) -> None:
+        """A planned network's request replaced in the config by the plan it built
+        (:func:`resnext3d.models.plan_unet`), before the run saves its config.yaml: that then
+        names the network itself, which a run evaluated or resumed with another roi_size, or
+        a change of the presets, rebuilds as it was. (The config of a run saved before plans
+        were written names the request, planned for the roi_size it is given, as it always
+        was.)"""
+        from resnext3d.models import PlannedResNeXtUNet
+
+        if not isinstance(getattr(self.model, "network", None), PlannedResNeXtUNet):
+            return
+        config = self._subcommand_config()
+        model = {
+            "class_path": config.model.class_path,
+            "init_args": {"network": self.model.network.plan},
+        }
+        subcommand = self.config.get("subcommand")
+        # Parsed as if the config had named the plan: checked, and with the defaults that the
+        # config.yaml of any other network shows.
+        parsed = self.parser.parse_object(
+            {subcommand: {"model": model}} if subcommand else {"model": model}, self.config
+        )
+        # In place: the trainer's SaveConfigCallback holds this config.
+        config.model.init_args.network = parsed.get(subcommand, parsed).model.init_args.network
 
     def _ensemble_network(self) -> ProbabilityEnsemble:
         """The networks of the `ensemble`'s checkpoints, each checked against the model, which
@@ -281,9 +308,7 @@ class ResNeXtCLI(LightningCLI):
         """Checkpoint callbacks are the project's ModelCheckpoint, whose last.ckpt is always the
         latest state, even where a config names Lightning's; without a monitor they keep the
         best of ``--monitor``, or else of the task's own metric."""
-        module, _, name = config.model.class_path.rpartition(".")
-        task = getattr(importlib.import_module(module), name)
-        monitor = task.checkpoint_monitor
+        monitor = _imported(config.model.class_path).checkpoint_monitor
         if config.get("monitor"):
             lower_is_better = any(kind in config.monitor for kind in ("loss", "hd95"))
             monitor = (config.monitor, "min" if lower_is_better else "max")
@@ -571,15 +596,15 @@ def models_command(argv: list[str]) -> None:
         )
     print(f"\nSegmentation UNets planned for a {'x'.join(map(str, size))} patch at "
           f"{'x'.join(map(str, spacing))} mm (PlannedResNeXtUNet)")  # fmt: skip
-    print(f"{'preset':<22} {'blocks':<14} {'C':>3} {'strides':<28} {'params (M)':>11} {'GMACs':>9}")
+    print(f"{'preset':<22} {'layers':<14} {'C':>3} {'strides':<28} {'params (M)':>11} {'GMACs':>9}")
     for name in UNET_PRESETS:
         with torch.device("meta"):
             unet = PlannedResNeXtUNet(name, size, spacing, in_channels=args.in_channels)
             macs = count_macs(unet, shape)
-        blocks = "-".join(map(str, unet.encoder.layers))
+        layers = "-".join(map(str, unet.encoder.layers))
         strides = " ".join(str(r) for r in unet.encoder.feature_info.reduction())
         print(
-            f"{name:<22} {blocks:<14} {unet.encoder.cardinality:>3} {strides:<28} "
+            f"{name:<22} {layers:<14} {unet.encoder.cardinality:>3} {strides:<28} "
             f"{count_parameters(unet) / 1e6:>11.2f} {macs / 1e9:>9.2f}"
         )
 

@@ -5,7 +5,13 @@ from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.ensemble import ProbabilityEnsemble
-from resnext3d.models.planning import UNET_PRESETS, PlannedResNeXtUNet, plan_strides
+from resnext3d.models.planning import (
+    UNET_PRESETS,
+    PlannedResNeXtUNet,
+    build_network,
+    plan_strides,
+    plan_unet,
+)
 from resnext3d.models.presets import PRESETS
 from resnext3d.models.registry import create_model, list_models
 from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt, ResNeXtFeatures
@@ -22,6 +28,7 @@ __all__ = [
     "ResNeXt",
     "ResNeXtFeatures",
     "ResNeXtUNet",
+    "build_network",
     "count_macs",
     "count_parameters",
     "create_model",
@@ -29,5 +36,6 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "plan_strides",
+    "plan_unet",
     "read_state_dict",
 ]

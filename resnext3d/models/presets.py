@@ -53,12 +53,13 @@ def lookup_preset(name: str, table: dict[str, dict[str, Any]], kind: str) -> dic
     return table[name]
 
 
-def architecture(preset: str, **given: Any) -> dict[str, Any]:
-    """The architecture arguments of a network: each one given (not None), else the preset's,
-    else the template's."""
+def architecture(preset: str | None, **given: Any) -> dict[str, Any]:
+    """The architecture arguments of a network: each one given (not None), else the preset's
+    (no preset: a network that gives them all, as a planned UNet's encoder), else the
+    template's."""
     unknown = set(given) - set(TEMPLATE)
     if unknown:
         raise TypeError(f"not architecture arguments: {', '.join(sorted(unknown))}")
-    chosen = {**TEMPLATE, **lookup_preset(preset, PRESETS, "model")}
+    chosen = {**TEMPLATE, **(lookup_preset(preset, PRESETS, "model") if preset else {})}
     chosen.update({name: value for name, value in given.items() if value is not None})
     return chosen

@@ -183,7 +183,9 @@ class ResNeXt(nn.Module):
     argument: a value there could not be told from an override.
 
     Args:
-        preset: a preset's name; ``"resnet50"`` is the paper's 50-layer template.
+        preset: a preset's name; ``"resnet50"`` is the paper's 50-layer template. None: the
+            template's values, for a network that gives every architecture argument (the
+            encoder of a planned UNet, :func:`resnext3d.models.plan_unet`).
         layers: blocks per stage; ``(3, 4, 6, 3)`` is the 50-layer template. Any number of
             stages works (segmentation encoders plan theirs); ``channels`` and ``strides`` then
             need one entry per stage too.
@@ -217,7 +219,7 @@ class ResNeXt(nn.Module):
 
     def __init__(
         self,
-        preset: str = "resnet50",
+        preset: str | None = "resnet50",
         layers: Sequence[int] | None = None,
         block: Literal["bottleneck", "basic"] | None = None,
         cardinality: int | None = None,
@@ -468,7 +470,7 @@ class ResNeXtFeatures(ResNeXt):
 
     def __init__(
         self,
-        preset: str = "resnet50",
+        preset: str | None = "resnet50",
         out_indices: int | Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:

@@ -60,7 +60,7 @@ class DoubleComplexity:
 @dataclass(frozen=True)
 class NetworkArguments:
     """The names the network gives C, d and the blocks per stage (ResNeXt's; a
-    PlannedResNeXtUNet's are cardinality, group_width and blocks)."""
+    PlannedResNeXtUNet's are cardinality, group_width and layers)."""
 
     cardinality: str = "cardinality"
     width: str = "base_width"
