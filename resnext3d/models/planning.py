@@ -125,9 +125,9 @@ def plan_unet(
         out_channels: output channels (logits), e.g. 3 regions.
         layers: override the preset's blocks per stage, as the encoder's ``layers``.
         cardinality: override the preset's C.
-        group_width: override the preset's width of each group in the first stage (32
-            channels). The encoder's ``base_width`` is the groups' width at 256 channels, which
-            the first stage would need 3 doublings to reach: 8 times this.
+        group_width: override the preset's width of each group in the first stage. The
+            encoder's ``base_width`` (ResNeXt's d) is their width in a stage of 256 channels:
+            with the first stage's 32, 8 times this.
         first_width: override the preset's channels of the first stage (32, as nnU-Net's).
         max_downsamplings: at most this many downsamplings, whatever the patch allows.
         decoder_block: as in :class:`ResNeXtUNet`; ``"bottleneck"`` makes the decoder's stages
