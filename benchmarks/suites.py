@@ -195,7 +195,7 @@ def measure_model(
         model = model.to(memory_format=torch.channels_last_3d)
         inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
     if variant.bf16 and tiny_convolutions_need_guarding(device):
-        guard_tiny_convolutions(model)  # as the tasks do
+        guard_tiny_convolutions(model)  # as the CLI's precision plugin does
     compiled = torch.compile(model) if variant.compiled else model
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:

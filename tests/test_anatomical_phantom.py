@@ -209,6 +209,7 @@ def test_without_nilearn_it_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow  # generates a phantom and fits on it
 def test_the_data_module_trains_a_step_on_it(in_tmp_dir):
     from lightning import Trainer
 

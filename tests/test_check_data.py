@@ -434,6 +434,7 @@ def test_training_refuses_each_kind_naming_the_file(name, small_phantom, tmp_pat
         assert _search(kind.problem, str(error.value)), check
 
 
+@pytest.mark.slow  # a fit in a process of its own
 def test_fit_exits_1_naming_the_files(broken_files_phantom, tmp_path):
     root, blamed = broken_files_phantom
     # Labels without problems, so that the files are what stops the run.

@@ -11,6 +11,7 @@ import torch
 from resnext3d.training import AtomicCheckpointIO, CheckpointError, read_checkpoint
 
 
+@pytest.mark.slow  # a process of its own, killed
 def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_whole(tmp_path):
     path = tmp_path / "checkpoints" / "last.ckpt"
     script = textwrap.dedent(

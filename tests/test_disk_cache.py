@@ -123,6 +123,7 @@ for batch in data.val_dataloader():
 """
 
 
+@pytest.mark.slow  # a writer process of its own, killed
 def test_the_cache_survives_a_kill_while_writing(phantom, tmp_path):
     marker, cache_dir = tmp_path / "writing", tmp_path / "cache"
     script = tmp_path / "writer.py"

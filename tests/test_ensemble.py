@@ -122,6 +122,7 @@ def test_runs_of_another_architecture_or_task_are_named_in_one_line(
     assert f"{first}/checkpoints/" in error and "holds a VolumeClassifier" in error
 
 
+@pytest.mark.slow  # fits of their own (segmentation_runs): kept out of make test
 def test_an_ensemble_of_two_runs_writes_one_mask_per_case(tiny_phantom, segmentation_runs):
     ensemble = predict(
         segmentation_runs, *small_data(tiny_phantom), "--model.init_args.submission_names", "true"
@@ -132,6 +133,7 @@ def test_an_ensemble_of_two_runs_writes_one_mask_per_case(tiny_phantom, segmenta
     assert nib.load(masks[0]).shape == reference.shape
 
 
+@pytest.mark.slow  # fits of their own (segmentation_runs): kept out of make test
 def test_a_folder_of_one_run_predicts_exactly_as_the_run(tiny_phantom, segmentation_runs, tmp_path):
     folds = tmp_path / "cv"
     shutil.copytree(segmentation_runs[0], folds / "fold0")
@@ -164,6 +166,7 @@ def brats2023_without_label_maps(phantom: Path, root: Path) -> list[str]:
     return case_ids
 
 
+@pytest.mark.slow  # fits of their own (segmentation_runs): kept out of make test
 def test_cases_without_label_maps_are_predicted_with_submission_names(
     tiny_phantom, segmentation_runs, tmp_path
 ):

@@ -369,6 +369,7 @@ def test_unsafe_or_foreign_weight_files_are_refused_with_their_name(tmp_path):
         read_state_dict(text)
 
 
+@pytest.mark.slow  # torch.compile: seconds of compiling
 def test_fx_tracing_and_torch_compile_reproduce_the_eager_output():
     model = resnext3d.create_model("resnext14_tiny", in_channels=4, num_classes=2).eval()
     x = volume()

@@ -124,6 +124,7 @@ def test_figure_slices_pass_through_the_tumour():
     assert axial.sum() == coronal.sum() == sagittal.sum() == 25
 
 
+@pytest.mark.slow  # a fit, a prediction and an evaluation
 def test_validation_scores_what_predict_writes_as_evaluate_scores_it(tmp_path, in_tmp_dir):
     """On a grid unlike the network's (flipped, anisotropic voxels), validation's per-case scores
     are those of `resnext3d evaluate` on the label maps that predict writes."""
