@@ -103,7 +103,7 @@ $(UV_STAMP):
 	$(UV_VENV)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 	touch $@
 
-test: install ## run the test suite (CPU, minutes) [PYTEST_ARGS=...]
+test: install ## run the test suite on the CPU, the tests marked slow left out [PYTEST_ARGS=...]
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-latest: ## the tests against the newest versions pyproject.toml allows, in .venv-latest [PYTEST_ARGS=...]
@@ -116,7 +116,7 @@ test-latest: ## the tests against the newest versions pyproject.toml allows, in 
 	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 # RESNEXT3D_CROSSCHECK=required: the cross-check fails, rather than skips, without .venv-crosscheck.
-test-slow: install $(CROSSCHECK_STAMP) ## the tests marked slow (multi-process DDP, end-to-end benchmark, independent BraTS scorer)
+test-slow: install $(CROSSCHECK_STAMP) ## the tests marked slow (every experiment × subcommand, fits in processes of their own, DDP, benchmarks, independent BraTS scorer)
 	RESNEXT3D_CROSSCHECK=required $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Exactly the locked versions (hashes checked, nothing resolved) and `pip check`, as for .venv.
