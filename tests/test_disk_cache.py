@@ -202,6 +202,7 @@ def test_partial_files_of_long_dead_runs_are_removed(tmp_path):
     assert not stale.exists() and fresh.exists()
 
 
+@pytest.mark.slow  # two segmentation fits through the CLI
 def test_segmentation_metrics_are_the_same_from_either_cache(phantom, in_tmp_dir):
     """End to end: validating from the disk cache (filling it, then from it) logs the memory
     cache's Dice and HD95 (in mm, at 4 mm voxels)."""

@@ -3,6 +3,7 @@ resumed run continues from it."""
 
 import csv
 
+import pytest
 import torch
 
 from resnext3d.cli import main
@@ -20,6 +21,7 @@ def validation_scores(run, metric: str = "val/auroc") -> list[float]:
         return [float(row[metric]) for row in csv.DictReader(handle) if row[metric]]
 
 
+@pytest.mark.slow  # four epochs at 32³ and a resumed fit
 def test_last_checkpoint_follows_epochs_that_do_not_improve(toy_config):
     main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "3", *FROZEN])
     (run,) = toy_config.parent.glob("runs/toy/*")

@@ -53,6 +53,7 @@ def test_an_explicit_version_wins(monkeypatch):
     assert _run_version() == "my-run"
 
 
+@pytest.mark.slow  # two fits
 def test_a_requeued_slurm_job_continues_in_its_run_directory(toy_config, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "1"])
