@@ -11,8 +11,8 @@ keeps its fastest setting on this machine (MONAI's networks need not be fastest 
 project's). Each network × seed then trains for the same ``--budget`` seconds (Lightning's
 ``max_time``) in a process of its own, and validates its last state in another (not timed), which
 scores every validation case on its own grid. The networks are compared pairwise on the same
-cases and seeds (:mod:`benchmarks.paired`): the mean difference of each case's score, with its
-95% bootstrap confidence interval.
+cases and seeds (:func:`resnext3d.study.paired.paired_over_cases`): the mean difference of each
+case's score, with its 95% bootstrap confidence interval.
 
     python -m benchmarks.bench_seg [--budget 240] [--seeds 0 1] [--quick]   # make bench-seg
 """
@@ -30,10 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.paired import paired_difference
 from resnext3d.data.anatomical import ensure_anatomical_phantom
 from resnext3d.data.datamodule import PHANTOM_DIR, PHANTOM_SEED
 from resnext3d.data.phantom import ensure_phantom
+from resnext3d.study.paired import paired_over_cases
 
 ROOT = Path(__file__).parents[1]
 EXPERIMENT = ROOT / "experiments" / "brats_seg.yaml"
@@ -191,13 +191,13 @@ def paired_comparisons(results: dict[str, list[dict]], seeds: list[int]) -> list
     ]
     for (a, runs_a), (b, runs_b) in itertools.combinations(results.items(), 2):
         for score, columns in CASE_SCORES.items():
-            difference = paired_difference(
+            difference = paired_over_cases(
                 case_scores(runs_a, seeds, columns), case_scores(runs_b, seeds, columns)
             )
             lines.append(
                 f"| {a} − {b} | {score} | {difference.mean:+.4f} | "
                 f"[{difference.low:+.4f}, {difference.high:+.4f}] | "
-                f"{difference.cases} × {len(seeds)} | {difference.verdict()} |"
+                f"{difference.n} × {len(seeds)} | {difference.verdict()} |"
             )
     return lines
 

@@ -20,8 +20,9 @@ from resnext3d import sweep
 from resnext3d.models import count_parameters
 from resnext3d.models.complexity import bottleneck_parameters, complexity_table
 from resnext3d.models.resnext import ResNeXt
-from resnext3d.study import paired_difference, study_main, study_parser
+from resnext3d.study import paired_over_replicates, study_main, study_parser
 from resnext3d.study.config import StudyConfig, parse_study
+from resnext3d.study.results import best_case_scores, paired_table
 
 ROOT = Path(__file__).parents[1]
 TESTS = Path(__file__).parent
@@ -51,7 +52,17 @@ def load_study(path: Path, *overrides: str):
     return parse_study(StudyConfig(**parser.instantiate(namespace).as_dict()), path)
 
 
-@pytest.mark.parametrize("path", STUDIES, ids=lambda path: path.stem)
+# Counting builds every variant's network through the CLI (about a second each): the default
+# suite loads one here, the others run with the slow tests.
+FAST_STUDIES = ("cpu_phantom",)  # the segmentation series test loads cpu_seg_anatomical
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(path, marks=() if path.stem in FAST_STUDIES else pytest.mark.slow)
+     for path in STUDIES],
+    ids=lambda path: path.stem,
+)  # fmt: skip
 def test_the_study_configs_load_from_the_repository_root(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     study = load_study(path)
@@ -169,6 +180,7 @@ def toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
     return write_toy_study(tmp_path, tiny_phantom), tmp_path / "study"
 
 
+@pytest.mark.slow  # trains the toy study's runs, each a process of its own
 def test_a_toy_study_runs_end_to_end_and_a_second_run_launches_nothing(
     toy_study, monkeypatch, capsys
 ):
@@ -247,6 +259,7 @@ def test_print_commands_and_slurm_array(toy_study, capsys):
     assert '--task "$SLURM_ARRAY_TASK_ID"' in text
 
 
+@pytest.mark.slow  # trains the toy study's runs, each a process of its own
 def test_a_failed_run_is_failed_in_the_results_and_the_sweep_goes_on(toy_study, capsys):
     config, out_dir = toy_study
     # A run directory whose fit cannot resume it (a checkpoint, no config): `fit --resume` exits 1.
@@ -324,7 +337,7 @@ def long_toy_study(tiny_phantom, tmp_path) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     "stop",
     [
-        pytest.param(signal.SIGTERM, id="sigterm-to-the-study"),
+        pytest.param(signal.SIGTERM, id="sigterm-to-the-study", marks=pytest.mark.slow),
         pytest.param(signal.SIGINT, id="ctrl-c-to-its-group", marks=pytest.mark.slow),
     ],
 )
@@ -357,6 +370,7 @@ def test_a_stopped_study_stops_its_fit_and_writes_no_results(long_toy_study, kil
     assert not (out_dir / "results.csv").exists()
 
 
+@pytest.mark.slow  # trains the toy study's runs, each a process of its own
 def test_a_fit_does_not_outlive_a_study_killed_with_sigkill(long_toy_study, kill_afterwards):
     config, out_dir = long_toy_study
     study = start_study(config, out_dir)
@@ -395,10 +409,51 @@ def test_a_fit_that_ignores_the_stop_signal_is_killed_with_its_group_after_the_g
 def test_paired_differences_have_a_t_interval_and_the_replicates_a_target_would_need():
     reference = {"seed0": 0.70, "seed1": 0.80, "seed2": 0.75, "seed3": 0.9}
     variant = {"seed0": 0.72, "seed1": 0.83, "seed2": 0.76}  # seed3 failed: left out
-    difference = paired_difference(variant, reference)
+    difference = paired_over_replicates(variant, reference, target_half_width=0.01)
     # Differences 0.02, 0.03, 0.01: mean 0.02, s = 0.01, t(0.975, 2) = 4.303.
-    assert difference.replicates == 3
+    assert difference.n == 3
     assert difference.mean == pytest.approx(0.02)
     assert difference.high - difference.mean == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
     assert difference.low < 0 < difference.high  # three seeds cannot resolve it
     assert difference.needed == 4  # 1.96 × 0.01 / √n ≤ 0.01
+
+
+def write_run_with_case_scores(run_dir: Path, scores: dict[str, tuple[float, float]]) -> None:
+    """A finished segmentation run as the study reads it: last.ckpt naming its best checkpoint
+    (epoch 3), and the per-case scores validation wrote at that epoch (dice_tc, dice_wt)."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    best = run_dir / "checkpoints" / "best-epoch003.ckpt"
+    torch.save({"epoch": 3, "state_dict": {}}, best)
+    state = {"best_model_path": str(best), "best_model_score": 0.5, "monitor": "val/dice_mean"}
+    callbacks = {"ModelCheckpoint{'monitor': 'val/dice_mean'}": state}
+    torch.save({"state_dict": {}, "callbacks": callbacks}, run_dir / "checkpoints" / "last.ckpt")
+    (run_dir / "scores").mkdir()
+    lines = ["case_id,dice_tc,lesion_dice_tc,dice_wt"]
+    lines += [f"{case},{tc},0.0,{wt}" for case, (tc, wt) in scores.items()]
+    (run_dir / "scores" / "val_epoch003_cases.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_segmentation_runs_are_also_paired_case_by_case_at_their_best_epoch(tmp_path):
+    cases = [f"case{i:02d}" for i in range(20)]
+    reference = {case: (0.2 + 0.03 * i, 0.5) for i, case in enumerate(cases)}
+    variant = {case: (tc + 0.02, wt) for case, (tc, wt) in reference.items()}
+    write_run_with_case_scores(tmp_path / "reference", reference)
+    write_run_with_case_scores(tmp_path / "variant", variant)
+
+    scores = best_case_scores(tmp_path / "variant", "val/dice_mean")
+    assert scores["case05"] == pytest.approx((0.2 + 0.15 + 0.02 + 0.5) / 2)  # lesion-wise out
+    rows = [
+        {"group": "equal", "C": 1, "d": 13, "variant": "c1", "values": {"seed0": 0.5},
+         "cases": {"seed0": best_case_scores(tmp_path / "reference", "val/dice_mean")}},
+        {"group": "equal", "C": 4, "d": 6, "variant": "c4", "values": {"seed0": 0.51},
+         "cases": {"seed0": scores}},
+    ]  # fmt: skip
+
+    class OneReference:
+        reference_cardinality = 1
+
+    table = paired_table(OneReference(), rows, "val/dice_mean")
+    (by_case,) = [line for line in table if line.startswith("| c4 |") and "20 × 1" in line]
+    # Every case gains 0.01 in the mean of two regions: resolved over 20 cases of one seed.
+    assert by_case.startswith("| c4 | +0.0100 | [+0.0100, +0.0100] |")
+    assert by_case.endswith("| yes |")

@@ -38,13 +38,8 @@ from resnext3d.study.config import (
     Variant,
     parse_study,
 )
-from resnext3d.study.results import (
-    TARGET_HALF_WIDTH,
-    PairedDifference,
-    collect,
-    paired_difference,
-    write_results,
-)
+from resnext3d.study.paired import PairedDifference, paired_over_cases, paired_over_replicates
+from resnext3d.study.results import TARGET_HALF_WIDTH, collect, write_results
 from resnext3d.study.runs import StudyRun, fit_arguments
 
 __all__ = [
@@ -61,7 +56,8 @@ __all__ = [
     "Variant",
     "collect",
     "fit_arguments",
-    "paired_difference",
+    "paired_over_cases",
+    "paired_over_replicates",
     "parse_study",
     "study_main",
     "study_parser",

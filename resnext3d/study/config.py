@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnext3d.cli import build_model_and_data
 from resnext3d.data.errors import DataError
 from resnext3d.models import count_macs, count_parameters
 from resnext3d.models.complexity import (
@@ -102,7 +103,7 @@ class StudyConfig:
 class Variant:
     """One architecture of the study: `group` is "equal" (the equal-complexity series) or the
     2×-complexity variant's label (e.g. "deeper"). `depth`, `parameters` and `gmacs` are counted
-    on the network its runs build, at the data's crop size."""
+    on the network its runs build, at the data's crop size `crop`."""
 
     group: str
     cardinality: int
@@ -111,6 +112,7 @@ class Variant:
     depth: int
     parameters: int
     gmacs: float
+    crop: tuple[int, ...]
 
     @property
     def name(self) -> str:
@@ -237,8 +239,6 @@ def _counted_variant(
 ) -> Variant:
     """The variant with its depth, parameters and GMACs at the data's crop, from the network
     ``resnext3d fit`` builds with the study's configs (on the meta device: nothing allocated)."""
-    from resnext3d.cli import build_model_and_data  # the CLI imports the study's command
-
     arguments = [*study.config_arguments(), *study.variant_arguments((cardinality, width, layers))]
     try:
         with torch.device("meta"):
@@ -256,8 +256,9 @@ def _counted_variant(
             f"cannot be built from {[str(b) for b in study.base]} and the overrides: {error}"
         ) from error
     return Variant(
-        group, cardinality, width, layers, _depth(network), count_parameters(network), macs / 1e9
-    )
+        group, cardinality, width, layers, _depth(network), count_parameters(network), macs / 1e9,
+        tuple(data.roi_size),
+    )  # fmt: skip
 
 
 def _depth(network: nn.Module) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resnext3d.study.results import PairedDifference
+    from resnext3d.study.paired import PairedDifference
 
 
 def plot_results(

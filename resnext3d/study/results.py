@@ -1,21 +1,21 @@
 """A study's results: one row per variant (complexity, timing, each replicate's best score),
-each variant paired with the reference block replicate by replicate, as results.csv, results.md
-and results.png."""
+each variant paired with the reference block replicate by replicate, and case by case where the
+runs score each validation case (segmentation), as results.csv, results.md and results.png."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import statistics
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
-
 from resnext3d.study.config import Run, Study
+from resnext3d.study.paired import PairedDifference, paired_over_cases, paired_over_replicates
 from resnext3d.study.plot import plot_results
 from resnext3d.sweep import FINISHED_FILE, best_score, format_value, run_state, std
+from resnext3d.training.checkpoints import LAST_CHECKPOINT, read_checkpoint
 
 # The differences between cardinalities the ResNeXt paper reports in 2D are about a point of
 # accuracy: an interval narrower than ±1 point can tell such differences apart.
@@ -27,7 +27,7 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
     replicates (e.g. "seed0") of the `failed` runs."""
     rows = []
     for variant in study.variants:
-        values, seconds, metric = {}, [], None
+        values, seconds, metric, cases = {}, [], None, {}
         runs = [run for run in study.runs if run.variant == variant]
         for run in runs:
             run_dir = study.run_dir(run)
@@ -37,6 +37,9 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
             if score is None:
                 continue
             metric, values[run.replicate] = score
+            scores_of_cases = best_case_scores(run_dir, metric)
+            if scores_of_cases:
+                cases[run.replicate] = scores_of_cases
             record = json.loads((run_dir / FINISHED_FILE).read_text())
             if record.get("seconds_per_step") is not None:
                 seconds.append(record["seconds_per_step"])
@@ -56,39 +59,39 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
                 "std": std(scores),
                 "runs": len(scores),
                 "values": values,
+                "cases": cases,
                 "failed": [run.replicate for run in runs if run in failed],
             }
         )
     return rows
 
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """A variant's best metric minus the reference's, over the replicates both finished."""
-
-    mean: float
-    low: float  # the 95% t-interval
-    high: float
-    replicates: int
-    needed: int | None  # replicates for a half-width of TARGET_HALF_WIDTH; None with fewer than 2
-
-
-def paired_difference(variant: dict[str, float], reference: dict[str, float]) -> PairedDifference:
-    """Pair two variants' runs by replicate (the same seed and fold: the same split and
-    initialisation seed), so that what a replicate shares, such as a lucky split, cancels."""
-    shared = sorted(variant.keys() & reference.keys())
-    differences = [variant[r] - reference[r] for r in shared]
-    n = len(differences)
-    if n == 0:
-        return PairedDifference(math.nan, math.nan, math.nan, 0, None)
-    mean = sum(differences) / n
-    if n < 2:
-        return PairedDifference(mean, math.nan, math.nan, 1, None)
-    spread = std(differences)
-    half_width = stats.t.ppf(0.975, n - 1) * spread / math.sqrt(n)
-    # The normal approximation of the t-interval: replicates n with 1.96 × s / √n ≤ the target.
-    needed = max(2, math.ceil((1.96 * spread / TARGET_HALF_WIDTH) ** 2))
-    return PairedDifference(mean, mean - half_width, mean + half_width, n, needed)
+def best_case_scores(run_dir: Path, metric: str) -> dict[str, float]:
+    """Each validation case's `metric` (e.g. "val/dice_mean": the mean of its dice_tc, dice_wt,
+    dice_et) at the run's best epoch, from the per-case scores validation wrote then
+    (``scores/val_epoch<N>_cases.csv``); empty where the run wrote none (classification)."""
+    callbacks = read_checkpoint(run_dir / LAST_CHECKPOINT).get("callbacks", {})
+    best = next(
+        (state.get("best_model_path") for key, state in callbacks.items()
+         if key.startswith("ModelCheckpoint")),
+        None,
+    )  # fmt: skip
+    if not best or not Path(best).is_file():
+        return {}
+    epoch = read_checkpoint(best)["epoch"]
+    path = run_dir / "scores" / f"val_epoch{epoch:03d}_cases.csv"
+    if not path.is_file():
+        return {}
+    name = metric.removeprefix("val/")
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [name] if rows and name in rows[0] else [
+        column for column in (rows[0] if rows else [])
+        if column.startswith(name.removesuffix("_mean") + "_") and name.endswith("_mean")
+    ]  # fmt: skip
+    if not columns:
+        return {}
+    return {row["case_id"]: statistics.fmean(float(row[c]) for c in columns) for row in rows}
 
 
 def reference_row(study: Study, rows: list[dict]) -> dict | None:
@@ -116,8 +119,9 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
             writer.writerow({**{k: row[k] for k in columns}, **row["values"], **failed})
 
     metric = next((row["metric"] for row in rows if row["metric"]), "metric")
+    size = "x".join(map(str, study.variants[0].crop))
     lines = [
-        f"| group | C | d | depth | params (M) | GMACs | s/step | best {metric} "
+        f"| group | C | d | depth | params (M) | GMACs ({size}) | s/step | best {metric} "
         f"(mean ± std, n) | {' | '.join(replicates)} |",
         "|" + "---|" * (8 + len(replicates)),
     ]
@@ -142,20 +146,22 @@ def write_results(study: Study, rows: list[dict]) -> list[Path]:
 
 
 def paired_differences(study: Study, rows: list[dict]) -> list[tuple[dict, PairedDifference]]:
-    """Each variant but the reference with its difference from the reference (see
-    :func:`paired_difference`); none where the study has no reference variant."""
+    """Each variant but the reference with its difference from the reference, replicate by
+    replicate (:func:`~resnext3d.study.paired.paired_over_replicates`); none where the study has
+    no reference variant."""
     reference = reference_row(study, rows)
     if reference is None:
         return []
     return [
-        (row, paired_difference(row["values"], reference["values"]))
+        (row, paired_over_replicates(row["values"], reference["values"], TARGET_HALF_WIDTH))
         for row in rows
         if row is not reference
     ]
 
 
 def paired_table(study: Study, rows: list[dict], metric: str) -> list[str]:
-    """Each variant minus the reference, paired by replicate (see :func:`paired_difference`)."""
+    """Each variant minus the reference, paired by replicate and, where the runs scored each
+    validation case, by case (:mod:`resnext3d.study.paired`)."""
     differences = paired_differences(study, rows)
     if not differences:
         return []
@@ -176,6 +182,33 @@ def paired_table(study: Study, rows: list[dict], metric: str) -> list[str]:
         )
         lines.append(
             f"| {row['variant']} | {difference.mean:+.4f} | {interval} | "
-            f"{difference.replicates} | {difference.needed or '–'} |"
+            f"{difference.n} | {difference.needed or '–'} |"
+        )
+    return lines + _paired_cases_table(rows, reference, metric)
+
+
+def _paired_cases_table(rows: list[dict], reference: dict, metric: str) -> list[str]:
+    """Each variant minus the reference case by case over the validation cases, each case's
+    difference averaged over the replicates both finished, with a bootstrap interval."""
+    if not reference["cases"]:
+        return []
+    lines = [
+        "",
+        f"Paired case by case: each validation case's {metric} at the best epoch, the variant's "
+        "minus the reference's averaged over the replicates both finished; the 95% bootstrap "
+        "interval over the cases speaks of other cases like these, not of other seeds.",
+        "",
+        "| variant − reference | mean difference | 95% CI | cases × replicates | resolved |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row is reference or not row["cases"].keys() & reference["cases"].keys():
+            continue
+        difference = paired_over_cases(row["cases"], reference["cases"])
+        replicates = len(row["cases"].keys() & reference["cases"].keys())
+        lines.append(
+            f"| {row['variant']} | {difference.mean:+.4f} | "
+            f"[{difference.low:+.4f}, {difference.high:+.4f}] | {difference.n} × {replicates} | "
+            f"{difference.verdict()} |"
         )
     return lines
