@@ -15,6 +15,7 @@ def run_dirs(root: Path = Path("runs/toy")) -> list[Path]:
     return sorted(root.iterdir())
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_fit_writes_config_checkpoints_and_metrics_in_one_run_directory(toy_config):
     main(["fit", "--config", str(toy_config)])
     main(["fit", "--config", str(toy_config), "--trainer.max_epochs", "1"])

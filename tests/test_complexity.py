@@ -54,6 +54,7 @@ def test_macs_of_grouped_and_transposed_convolutions_and_linear_layers():
     assert linear.training  # counted in eval mode, handed back as it was
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_models_and_complexity_commands_print_their_tables(capsys):
     main(["models", "--input-size", "64"])
     listing = capsys.readouterr().out

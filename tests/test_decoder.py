@@ -69,6 +69,7 @@ def test_first_feature_at_stride_4_still_decodes_to_full_resolution():
     assert infer(model, volume(32, 32, 32)).shape == (1, 1, 32, 32, 32)
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_deep_supervision_stacks_upsampled_logits_in_training_and_backward_reaches_all():
     model = ResNeXtUNet(encoder(), out_channels=3, deep_supervision=True, deep_supervision_heads=3)
     # Batch 2: training-mode batch norm needs more than one value per channel at the 1³ bottom.

@@ -74,6 +74,7 @@ def test_an_empty_checkpoint_is_named(tiny_phantom, in_tmp_dir, capsys):
     assert f"{empty}: the checkpoint is empty (0 bytes)" in error
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_a_classification_checkpoint_given_to_segmentation_is_named(
     tiny_phantom, classification_run, in_tmp_dir, capsys
 ):

@@ -43,6 +43,7 @@ def test_last_checkpoint_follows_epochs_that_do_not_improve(toy_config):
     assert best["epoch"] == 0
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_a_config_naming_lightnings_model_checkpoint_gets_the_latest_last_checkpoint(
     toy_config,
 ):

@@ -29,6 +29,7 @@ def test_parameter_counts_match_torchvision_and_3d_template():
     assert count_parameters(model_3d) == 25_891_714
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_2d_model_is_torchvision_resnext50_key_for_key_and_output_for_output():
     model = resnext3d.create_model("resnext50_32x4d", spatial_dims=2).double().eval()
     ours = {key: list(value.shape) for key, value in model.state_dict().items()}

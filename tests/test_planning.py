@@ -202,6 +202,7 @@ def test_the_cli_plans_the_network_from_the_data_crops_and_spacing(tiny_phantom,
     assert network["init_args"]["decoder_channels"] == [128, 64, 32]
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_a_run_validated_on_other_crops_keeps_its_network(tiny_phantom, in_tmp_dir):
     run = tiny_seg_fit(tiny_phantom)  # 32³ at 3 mm: three 2×2×2 downsamplings
     # 64³ would plan a fourth downsampling: a network the checkpoint's weights do not fit.
@@ -214,6 +215,7 @@ def test_a_run_validated_on_other_crops_keeps_its_network(tiny_phantom, in_tmp_d
     assert config["data"]["init_args"]["roi_size"] == [64, 64, 64]
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_a_run_configured_before_plans_were_written_still_loads(tiny_phantom, in_tmp_dir):
     run = tiny_seg_fit(tiny_phantom)
     # Its config as such runs saved it: the request, with the former name of the layers.

@@ -32,6 +32,7 @@ SMALL = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a fit or a full-size network: seconds each, run by make test-slow
 def test_fit_logs_region_metrics_and_saves_a_figure(tiny_phantom, in_tmp_dir):
     main(["fit", "--config", str(CONFIG), "--data.init_args.data_dir", str(tiny_phantom), *SMALL,
           "--monitor", "val/lesion_dice_mean"])  # fmt: skip
