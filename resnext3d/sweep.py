@@ -239,17 +239,23 @@ def _ended(status: int) -> str:
 # Results.
 
 
-def best_score(run_dir: Path) -> tuple[str, float] | None:
-    """The monitored metric's name and best value, from the ModelCheckpoint state in the run's
-    last.ckpt."""
+def best_checkpoint_state(run_dir: Path) -> dict[str, Any] | None:
+    """The state of the run's ModelCheckpoint that holds a best score (its monitor, best score and
+    best checkpoint's path), from the run's last.ckpt; None without one."""
     path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
         return None
     checkpoint = read_checkpoint(path)
     for key, state in checkpoint.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            return state["monitor"], float(state["best_model_score"])
+            return state
     return None
+
+
+def best_score(run_dir: Path) -> tuple[str, float] | None:
+    """The monitored metric's name and best value, from the run's last.ckpt."""
+    state = best_checkpoint_state(run_dir)
+    return None if state is None else (state["monitor"], float(state["best_model_score"]))
 
 
 def std(values: Sequence[float]) -> float:

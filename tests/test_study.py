@@ -433,6 +433,12 @@ def write_run_with_case_scores(run_dir: Path, scores: dict[str, tuple[float, flo
     (run_dir / "scores" / "val_epoch003_cases.csv").write_text("\n".join(lines) + "\n")
 
 
+def case_scores(run_dir: Path) -> dict[str, float]:
+    """The run's per-case val/dice_mean at its best epoch, as the study collects them."""
+    state = sweep.best_checkpoint_state(run_dir)
+    return best_case_scores(run_dir, state["monitor"], state["best_model_path"])
+
+
 def test_segmentation_runs_are_also_paired_case_by_case_at_their_best_epoch(tmp_path):
     cases = [f"case{i:02d}" for i in range(20)]
     reference = {case: (0.2 + 0.03 * i, 0.5) for i, case in enumerate(cases)}
@@ -440,11 +446,11 @@ def test_segmentation_runs_are_also_paired_case_by_case_at_their_best_epoch(tmp_
     write_run_with_case_scores(tmp_path / "reference", reference)
     write_run_with_case_scores(tmp_path / "variant", variant)
 
-    scores = best_case_scores(tmp_path / "variant", "val/dice_mean")
+    scores = case_scores(tmp_path / "variant")
     assert scores["case05"] == pytest.approx((0.2 + 0.15 + 0.02 + 0.5) / 2)  # lesion-wise out
     rows = [
         {"group": "equal", "C": 1, "d": 13, "variant": "c1", "values": {"seed0": 0.5},
-         "cases": {"seed0": best_case_scores(tmp_path / "reference", "val/dice_mean")}},
+         "cases": {"seed0": case_scores(tmp_path / "reference")}},
         {"group": "equal", "C": 4, "d": 6, "variant": "c4", "values": {"seed0": 0.51},
          "cases": {"seed0": scores}},
     ]  # fmt: skip

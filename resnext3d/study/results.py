@@ -14,8 +14,8 @@ from pathlib import Path
 from resnext3d.study.config import Run, Study
 from resnext3d.study.paired import PairedDifference, paired_over_cases, paired_over_replicates
 from resnext3d.study.plot import plot_results
-from resnext3d.sweep import FINISHED_FILE, best_score, format_value, run_state, std
-from resnext3d.training.checkpoints import LAST_CHECKPOINT, read_checkpoint
+from resnext3d.sweep import FINISHED_FILE, best_checkpoint_state, format_value, run_state, std
+from resnext3d.training.checkpoints import read_checkpoint
 
 # The differences between cardinalities the ResNeXt paper reports in 2D are about a point of
 # accuracy: an interval narrower than ±1 point can tell such differences apart.
@@ -33,11 +33,11 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
             run_dir = study.run_dir(run)
             if run_state(run_dir) != "finished":
                 continue
-            score = best_score(run_dir)
-            if score is None:
+            state = best_checkpoint_state(run_dir)
+            if state is None:
                 continue
-            metric, values[run.replicate] = score
-            scores_of_cases = best_case_scores(run_dir, metric)
+            metric, values[run.replicate] = state["monitor"], float(state["best_model_score"])
+            scores_of_cases = best_case_scores(run_dir, metric, state.get("best_model_path"))
             if scores_of_cases:
                 cases[run.replicate] = scores_of_cases
             record = json.loads((run_dir / FINISHED_FILE).read_text())
@@ -66,16 +66,11 @@ def collect(study: Study, failed: Collection[Run] = ()) -> list[dict]:
     return rows
 
 
-def best_case_scores(run_dir: Path, metric: str) -> dict[str, float]:
+def best_case_scores(run_dir: Path, metric: str, best: str | None) -> dict[str, float]:
     """Each validation case's `metric` (e.g. "val/dice_mean": the mean of its dice_tc, dice_wt,
-    dice_et) at the run's best epoch, from the per-case scores validation wrote then
-    (``scores/val_epoch<N>_cases.csv``); empty where the run wrote none (classification)."""
-    callbacks = read_checkpoint(run_dir / LAST_CHECKPOINT).get("callbacks", {})
-    best = next(
-        (state.get("best_model_path") for key, state in callbacks.items()
-         if key.startswith("ModelCheckpoint")),
-        None,
-    )  # fmt: skip
+    dice_et) at the epoch of the run's best checkpoint `best`, from the per-case scores
+    validation wrote then (``scores/val_epoch<N>_cases.csv``); empty where the run wrote none
+    (classification)."""
     if not best or not Path(best).is_file():
         return {}
     epoch = read_checkpoint(best)["epoch"]
@@ -85,10 +80,13 @@ def best_case_scores(run_dir: Path, metric: str) -> dict[str, float]:
     name = metric.removeprefix("val/")
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    columns = [name] if rows and name in rows[0] else [
-        column for column in (rows[0] if rows else [])
-        if column.startswith(name.removesuffix("_mean") + "_") and name.endswith("_mean")
-    ]  # fmt: skip
+    header = rows[0].keys() if rows else ()
+    if name in header:
+        columns = [name]
+    elif name.endswith("_mean"):  # a mean over regions: each region's column, e.g. dice_tc
+        columns = [column for column in header if column.startswith(name.removesuffix("mean"))]
+    else:
+        return {}
     if not columns:
         return {}
     return {row["case_id"]: statistics.fmean(float(row[c]) for c in columns) for row in rows}
