@@ -47,6 +47,7 @@ from resnext3d.training.performance import (
 from resnext3d.training.run_lock import RunLock
 
 if TYPE_CHECKING:
+    from resnext3d.deploy import EngineRequest
     from resnext3d.models import ProbabilityEnsemble
 
 # The tools (models, phantom, check-data, evaluate, study, cv) and the data, models and tasks are
@@ -91,6 +92,7 @@ class ResNeXtCLI(LightningCLI):
         source_run: Path | None = None,
         ensemble: list[Path] | None = None,
         owner: contextlib.ExitStack | None = None,
+        engine: EngineRequest | None = None,
         **kwargs,
     ) -> None:
         self.resume_dir = resume_dir  # continue in this run directory
@@ -98,6 +100,7 @@ class ResNeXtCLI(LightningCLI):
         self.ensemble = ensemble or []  # checkpoints whose networks' mean this run evaluates
         # In the process that owns the run: what it holds until the run ends (the lock).
         self.owner = owner
+        self.engine = engine  # runs an exported network in place of the task's (predict)
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -148,6 +151,8 @@ class ResNeXtCLI(LightningCLI):
             check_checkpoint_weights(path, self._checkpoint, self.model)
         if self.ensemble:
             self.model.network = self._ensemble_network()
+        if self.engine is not None and self.engine.replaces_network:
+            self.model.network = self._engine_network()
 
     def _record_plan(self) -> None:
         """A planned network's request replaced in the config by the plan it built
@@ -203,6 +208,17 @@ class ResNeXtCLI(LightningCLI):
             members.append(member)
         probabilities = "sigmoid" if isinstance(self.model, VolumeSegmenter) else "softmax"
         return ProbabilityEnsemble(members, probabilities)
+
+    def _engine_network(self) -> torch.nn.Module:
+        """The exported network of the run, on the engine asked for, checked against the
+        windows the run feeds."""
+        from resnext3d.deploy import engine_network
+
+        window = getattr(self.model, "sliding_window_size", None) or self.datamodule.roi_size
+        task = self._subcommand_config().model.class_path
+        return engine_network(
+            self.engine, self.source_run, task, self.datamodule.in_channels, window
+        )
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = self._get(self.config_init, "trainer", default={})
@@ -435,11 +451,16 @@ def lightning_main(argv: list[str] | None) -> None:
     )
     launching = RUN_VERSION_VARIABLE not in os.environ
     args = list(sys.argv[1:] if argv is None else argv)
+    from resnext3d.deploy.engines import take_engine_options
+
+    engine, args = take_engine_options(args)
     try:
         # What the run holds until it ends, however it ends: the lock on its directory.
         with contextlib.ExitStack() as run_resources:
             owner = run_resources if launching and _is_first_rank() else None
             args, run_dir, ensemble = _run_arguments(args, owner=owner)
+            if engine is not None:
+                args = engine.lightning_arguments(args, ensemble)
             resume_dir = run_dir if args[0] == "fit" else None
             if resume_dir is not None:
                 os.environ[RUN_VERSION_VARIABLE] = resume_dir.name  # DDP workers resume there
@@ -462,6 +483,7 @@ def lightning_main(argv: list[str] | None) -> None:
                 source_run=run_dir,
                 ensemble=ensemble,
                 owner=owner,
+                engine=engine,
             )
     finally:
         if launching:  # the next run of this process, or a process it starts, is another run
@@ -660,6 +682,12 @@ def cv_command(argv: list[str]) -> None:
     sys.exit(cv_main(argv))
 
 
+def export_command(argv: list[str]) -> None:
+    from resnext3d.deploy.export import export_main
+
+    sys.exit(export_main(argv))
+
+
 def evaluate_command(argv: list[str]) -> None:
     from resnext3d.evaluation.evaluate import evaluate_main
 
@@ -674,6 +702,7 @@ TOOLS = {
     "study": study_command,
     "cv": cv_command,
     "evaluate": evaluate_command,
+    "export": export_command,
 }
 USAGE = """usage: resnext3d COMMAND [options]
 
@@ -683,6 +712,8 @@ training (Lightning CLI; `resnext3d fit --help` for every option):
   validate|test|predict --run RUN_DIR   the run's config and best checkpoint
   validate|test|predict --run RUN_DIR RUN_DIR ...   the ensemble of the runs' best checkpoints
                                   (mean probabilities); a folder of runs (e.g. the folds) too
+  predict --run RUN_DIR --engine onnxruntime|openvino|torch-export [--exported FILE]
+                                  the run's exported network (resnext3d export) on that engine
 tools:
   models       every preset with parameters and GMACs at an input size
   complexity   the paper's Table 2 for a conv2 block, in 2D and 3D
@@ -698,6 +729,9 @@ tools:
   evaluate     score predicted label maps as the BraTS challenge does (legacy and lesion-wise
                Dice and HD95 per region): resnext3d evaluate PREDICTIONS REFERENCES
                [--release auto|brats2021|brats2023|decathlon] [--out CSV] [--allow-missing]
+  export       a run's network for CPU inference outside PyTorch (predict --engine):
+               resnext3d export --run RUN_DIR [--format onnx|torch-export] [--out FILE]
+               [--checkpoint best|last|FILE]
 """
 
 
