@@ -10,8 +10,10 @@ if TYPE_CHECKING:
         ResNeXtFeatures,
         ResNeXtUNet,
         create_model,
+        from_pretrained,
         list_models,
         load_pretrained,
+        save_pretrained,
     )
 
 __version__ = "0.1.0"
@@ -23,8 +25,10 @@ __all__ = [
     "ResNeXtUNet",
     "__version__",
     "create_model",
+    "from_pretrained",
     "list_models",
     "load_pretrained",
+    "save_pretrained",
 ]
 
 

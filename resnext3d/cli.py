@@ -688,6 +688,12 @@ def export_command(argv: list[str]) -> None:
     sys.exit(export_main(argv))
 
 
+def export_weights_command(argv: list[str]) -> None:
+    from resnext3d.models.hub import export_weights_main
+
+    sys.exit(export_weights_main(argv))
+
+
 def evaluate_command(argv: list[str]) -> None:
     from resnext3d.evaluation.evaluate import evaluate_main
 
@@ -702,6 +708,7 @@ TOOLS = {
     "study": study_command,
     "cv": cv_command,
     "evaluate": evaluate_command,
+    "export-weights": export_weights_command,
     "export": export_command,
 }
 USAGE = """usage: resnext3d COMMAND [options]
@@ -729,6 +736,9 @@ tools:
   evaluate     score predicted label maps as the BraTS challenge does (legacy and lesion-wise
                Dice and HD95 per region): resnext3d evaluate PREDICTIONS REFERENCES
                [--release auto|brats2021|brats2023|decathlon] [--out CSV] [--allow-missing]
+  export-weights a run's network, or its encoder, as a weights folder (model.safetensors,
+               config.json) that resnext3d.from_pretrained loads without the run:
+               resnext3d export-weights --run RUN_DIR --out FOLDER [--part network|encoder]
   export       a run's network for CPU inference outside PyTorch (predict --engine):
                resnext3d export --run RUN_DIR [--format onnx|torch-export] [--out FILE]
                [--checkpoint best|last|FILE]

@@ -5,6 +5,7 @@ from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.ensemble import ProbabilityEnsemble
+from resnext3d.models.hub import export_weights, from_pretrained, save_pretrained
 from resnext3d.models.planning import (
     UNET_PRESETS,
     PlannedResNeXtUNet,
@@ -13,6 +14,7 @@ from resnext3d.models.planning import (
     plan_unet,
 )
 from resnext3d.models.presets import PRESETS
+from resnext3d.models.pretrained import PretrainedCfg
 from resnext3d.models.registry import create_model, list_models
 from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt, ResNeXtFeatures
 from resnext3d.models.weights import inflate_kernel, load_pretrained, read_state_dict
@@ -24,6 +26,7 @@ __all__ = [
     "Bottleneck",
     "FeatureInfo",
     "PlannedResNeXtUNet",
+    "PretrainedCfg",
     "ProbabilityEnsemble",
     "ResNeXt",
     "ResNeXtFeatures",
@@ -32,10 +35,13 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "create_model",
+    "export_weights",
+    "from_pretrained",
     "inflate_kernel",
     "list_models",
     "load_pretrained",
     "plan_strides",
     "plan_unet",
     "read_state_dict",
+    "save_pretrained",
 ]

@@ -21,6 +21,7 @@ from monai.networks.blocks import UpSample
 from monai.networks.layers import get_act_layer
 from monai.networks.layers.factories import Conv
 
+from resnext3d.models.construction import records_init_args
 from resnext3d.models.resnext import Bottleneck, LayerSpec, ResNeXtFeatures, make_norm
 
 
@@ -99,6 +100,7 @@ class DecoderStage(nn.Module):
         return self.convs(x)
 
 
+@records_init_args
 class ResNeXtUNet(nn.Module):
     """A UNet with a ResNeXt encoder, returning logits at the input's full resolution.
 

@@ -19,7 +19,9 @@ from monai.networks.layers.factories import Conv, Pool, split_args
 from monai.utils import ensure_tuple_rep
 from torch.utils.checkpoint import checkpoint
 
+from resnext3d.models.construction import records_init_args
 from resnext3d.models.presets import architecture
+from resnext3d.models.pretrained import default_pretrained_cfg
 
 LayerSpec = str | tuple[str, dict]
 SpatialSize = int | Sequence[int]
@@ -172,6 +174,7 @@ class FeatureInfo:
         return f"FeatureInfo(channels={self.channels()}, reduction={self.reduction()})"
 
 
+@records_init_args
 class ResNeXt(nn.Module):
     """A ResNet/ResNeXt classifier for ``spatial_dims`` 2 or 3; :class:`ResNeXtFeatures` is the
     same network as an encoder.
@@ -329,6 +332,8 @@ class ResNeXt(nn.Module):
         self.avgpool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.fc = nn.Linear(stage_in, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_init_last)
+        # What its input must be (timm's attribute): a run or a weights folder fills it in.
+        self.pretrained_cfg = default_pretrained_cfg(self, preset)
 
     @staticmethod
     def _make_stage(
@@ -378,6 +383,15 @@ class ResNeXt(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter names by depth, as timm's: the stem, then each stage (``coarse``) or each
+        block; what matches neither, the classifier, comes last
+        (:func:`resnext3d.training.layer_decay.layer_ids`)."""
+        return {
+            "stem": r"^conv1|^bn1\.",
+            "blocks": r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.",
+        }
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one (0: no classifier)."""
@@ -454,6 +468,7 @@ class ResNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+@records_init_args
 class ResNeXtFeatures(ResNeXt):
     """A :class:`ResNeXt` without its classifier, returning feature maps: the encoder of a UNet
     (timm's ``features_only`` models, MONAI's ``ResNetFeatures``).

@@ -34,7 +34,12 @@ CLASSIFIER_PREFIX = "fc."
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file, loaded safely (``weights_only``), unwrapped and unprefixed."""
+    """Tensors of a weight file, loaded safely (``weights_only``), unwrapped and unprefixed; a
+    ``.safetensors`` file or a folder written by :func:`resnext3d.models.save_pretrained` too."""
+    if os.path.isdir(path) or str(path).endswith(".safetensors"):
+        from resnext3d.models.hub import read_weights
+
+        return read_weights(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -3,6 +3,7 @@ device a run lands on (memory format, compilation)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import lightning as L
@@ -11,14 +12,17 @@ import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 
+from resnext3d.models.construction import network_config
+from resnext3d.models.pretrained import pretrained_cfg_for_data, pretrained_cfg_of
 from resnext3d.training import performance
+from resnext3d.training.layer_decay import layer_decay_groups, scale_learning_rates
 from resnext3d.training.performance import ChannelsLast
 from resnext3d.training.reproducibility import SeedEveryStep
 
 # Settings of how a task runs, not of what it learnt: a checkpoint's hyperparameters, which
 # Lightning's CLI merges over the command line's, must not hold them, or `validate --ckpt_path
 # ... --model.init_args.threshold 0.4` would silently run with the checkpoint's threshold.
-RUNTIME_ARGUMENTS = ("optimizer", "scheduler", "channels_last", "compile")
+RUNTIME_ARGUMENTS = ("optimizer", "scheduler", "layer_decay", "channels_last", "compile")
 
 
 def fused_adamw(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -45,6 +49,14 @@ class VolumeTask(L.LightningModule):
         compile: compile the network with ``torch.compile`` when training starts (in place: the
             state-dict keys stay the same); off by default, as it was measured no faster for
             training on CPU, after about a minute of compiling.
+        layer_decay: layer-wise learning-rate decay for fine-tuning: each layer of the network's
+            encoder (its stem, then every block) learns at ``layer_decay`` times the rate of the
+            layer after it, the head or decoder at the optimizer's rate (the rule:
+            :mod:`resnext3d.training.layer_decay`); None: one rate for every weight.
+
+    Checkpoints record the network's ``pretrained_cfg``, filled from the data module (input
+    size, spacing, channels, class names), and the arguments that build the network
+    (``network_config``), so that ``resnext3d export-weights`` makes a weights folder of them.
     """
 
     network: nn.Module
@@ -57,9 +69,11 @@ class VolumeTask(L.LightningModule):
         scheduler: LRSchedulerCallable | None,
         channels_last: ChannelsLast,
         compile: bool,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.optimizer = optimizer
+        self.layer_decay = layer_decay
         self.scheduler = scheduler
         self.channels_last = channels_last
         self.compile_network = compile
@@ -104,7 +118,11 @@ class VolumeTask(L.LightningModule):
         return batch
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        if self.layer_decay is None:
+            optimizer = self.optimizer(self.parameters())
+        else:
+            optimizer = self.optimizer(layer_decay_groups(self, self.layer_decay))
+            scale_learning_rates(optimizer)
         if self.scheduler is None:
             return optimizer
         scheduler = self.scheduler(optimizer)
@@ -124,3 +142,12 @@ class VolumeTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [SeedEveryStep()]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        cfg = pretrained_cfg_for_data(pretrained_cfg_of(self.network), datamodule)
+        checkpoint["pretrained_cfg"] = cfg.to_dict()
+        # A network that does not record its construction (a MONAI one) has none: the run's
+        # config.yaml builds it.
+        with contextlib.suppress(TypeError):
+            checkpoint["network_config"] = network_config(self.network)
