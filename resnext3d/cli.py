@@ -111,6 +111,9 @@ class ResNeXtCLI(LightningCLI):
             ("data.num_classes", "model.init_args.network.init_args.num_classes"),
             ("data.num_classes", "model.init_args.network.init_args.out_channels"),
             ("data.class_names", "model.init_args.class_names"),
+            # A multi-task run's grade classes, beside its regions (class_names).
+            ("data.num_grades", "model.init_args.network.init_args.num_grades"),
+            ("data.grade_names", "model.init_args.grade_names"),
             # A planned network's request (PlannedResNeXtUNet) is planned for the crops it trains
             # on; the run's config then records the plan (_record_plan).
             ("data.roi_size", "model.init_args.network.init_args.patch_size"),
@@ -161,14 +164,14 @@ class ResNeXtCLI(LightningCLI):
         a change of the presets, rebuilds as it was. (The config of a run saved before plans
         were written names the request, planned for the roi_size it is given, as it always
         was.)"""
-        from resnext3d.models import PlannedResNeXtUNet
-
-        if not isinstance(getattr(self.model, "network", None), PlannedResNeXtUNet):
+        # PlannedResNeXtUNet and PlannedGradingResNeXtUNet keep the plan they were built from.
+        plan = getattr(getattr(self.model, "network", None), "plan", None)
+        if plan is None:
             return
         config = self._subcommand_config()
         model = {
             "class_path": config.model.class_path,
-            "init_args": {"network": self.model.network.plan},
+            "init_args": {"network": plan},
         }
         subcommand = self.config.get("subcommand")
         # Parsed as if the config had named the plan: checked, and with the defaults that the

@@ -19,6 +19,7 @@ from resnext3d.data.labels import (
     read_label_csv,
 )
 from resnext3d.data.layouts import BratsCase, discover_cases
+from resnext3d.data.multitask import BratsMultitaskData
 from resnext3d.data.phantom import (
     add_phantom_arguments,
     ensure_phantom,
@@ -53,6 +54,7 @@ __all__ = [
     "BratsCase",
     "BratsClassificationData",
     "BratsDataModule",
+    "BratsMultitaskData",
     "BratsSegmentationData",
     "CaseLabels",
     "DataError",

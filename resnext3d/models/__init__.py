@@ -6,6 +6,12 @@ from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.ensemble import ProbabilityEnsemble
 from resnext3d.models.hub import export_weights, from_pretrained, save_pretrained
+from resnext3d.models.multitask import (
+    GradingResNeXtUNet,
+    PlannedGradingResNeXtUNet,
+    RegionsAndGrade,
+    plan_grading_unet,
+)
 from resnext3d.models.planning import (
     UNET_PRESETS,
     PlannedResNeXtUNet,
@@ -25,9 +31,12 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "FeatureInfo",
+    "GradingResNeXtUNet",
+    "PlannedGradingResNeXtUNet",
     "PlannedResNeXtUNet",
     "PretrainedCfg",
     "ProbabilityEnsemble",
+    "RegionsAndGrade",
     "ResNeXt",
     "ResNeXtFeatures",
     "ResNeXtUNet",
@@ -40,6 +49,7 @@ __all__ = [
     "inflate_kernel",
     "list_models",
     "load_pretrained",
+    "plan_grading_unet",
     "plan_strides",
     "plan_unet",
     "read_state_dict",

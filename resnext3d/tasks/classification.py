@@ -66,6 +66,56 @@ class VolumeClassifier(VolumeTask):
         self.network = network
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.class_metrics = ClassMetrics(self.class_names)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # Float32 logits under mixed precision too: the loss, softmax and metrics need them.
+        return self.network(image).float()
+
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["label"])
+        self.class_metrics.update(stage, logits.detach().softmax(dim=1), batch["label"])
+        self.log_loss(stage, loss, len(batch["label"]))
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"loss": self._shared_step(batch, "val")}
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"loss": self._shared_step(batch, "test")}
+
+    def on_train_epoch_end(self) -> None:
+        self.class_metrics.log_epoch(self, "train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.class_metrics.log_epoch(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.class_metrics.log_epoch(self, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"case_id": list(batch["case_id"]), "probabilities": self(batch["image"]).softmax(1)}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [*super().configure_callbacks(), ClassPredictionWriter()]
+
+
+class ClassMetrics(nn.Module):
+    """A classifier's metrics of each stage, ``<stage>/{acc,balanced_acc,auroc,f1}``, for any
+    task that classifies (:class:`VolumeClassifier`, the multi-task one).
+
+    Args:
+        class_names: the classes in index order, named in the warning of undefined metrics.
+    """
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        super().__init__()
+        self.class_names = list(class_names)
+        num_classes = len(self.class_names)
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -82,41 +132,15 @@ class VolumeClassifier(VolumeTask):
         )
         self._warned_undefined: set[str] = set()
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # Float32 logits under mixed precision too: the loss, softmax and metrics need them.
-        return self.network(image).float()
+    def update(self, stage: str, probabilities: torch.Tensor, labels: torch.Tensor) -> None:
+        self.scores[f"{stage}_scores"].update(probabilities, labels)
+        self.supports[f"{stage}_support"].update(probabilities, labels)
 
-    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self.criterion(logits, batch["label"])
-        probabilities = logits.detach().softmax(dim=1)
-        self.scores[f"{stage}_scores"].update(probabilities, batch["label"])
-        self.supports[f"{stage}_support"].update(probabilities, batch["label"])
-        self.log_loss(stage, loss, len(batch["label"]))
-        return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"loss": self._shared_step(batch, "val")}
-
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"loss": self._shared_step(batch, "test")}
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        """Log the stage's metrics over the epoch (every rank's cases); those averaged over the
-        classes are NaN, with a warning, when a class had no case: they are undefined then,
-        where torchmetrics would report 0 and mean a perfectly wrong classifier."""
+    def log_epoch(self, task: L.LightningModule, stage: str) -> None:
+        """Log the stage's metrics over the epoch (every rank's cases) through `task`; those
+        averaged over the classes are NaN, with a warning, when a class had no case: they are
+        undefined then, where torchmetrics would report 0 and mean a perfectly wrong
+        classifier."""
         metrics, supports = self.scores[f"{stage}_scores"], self.supports[f"{stage}_support"]
         with warnings.catch_warnings():
             # torchmetrics warns of each absent class; one warning below says it all.
@@ -127,7 +151,7 @@ class VolumeClassifier(VolumeTask):
         if absent:
             for name in UNDEFINED_WITHOUT_A_CLASS:
                 values[f"{stage}/{name}"] = torch.tensor(float("nan"))
-            if stage not in self._warned_undefined and not self.trainer.sanity_checking:
+            if stage not in self._warned_undefined and not task.trainer.sanity_checking:
                 self._warned_undefined.add(stage)
                 rank_zero_warn(
                     f"{stage}: no case of class {', '.join(absent)} this epoch, so "
@@ -135,12 +159,6 @@ class VolumeClassifier(VolumeTask):
                 )
         # Already gathered from every rank by compute(); the reduction of equal values is a no-op
         # that keeps Lightning from warning about unsynchronised epoch metrics.
-        self.log_dict(values, sync_dist=True)
+        task.log_dict(values, sync_dist=True)
         metrics.reset()
         supports.reset()
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"case_id": list(batch["case_id"]), "probabilities": self(batch["image"]).softmax(1)}
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [*super().configure_callbacks(), ClassPredictionWriter()]
