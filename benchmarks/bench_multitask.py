@@ -83,6 +83,8 @@ def train_and_validate(
          "--trainer.max_time", max_time, "--trainer.enable_progress_bar", "false"],
         run_dir.parent,
     )  # fmt: skip
+    # Other processes share the CPU: the load over the last minute of training says how much.
+    load = os.getloadavg()[0]
     before = set(run_dir.parent.iterdir())
     # Without validation while training no checkpoint is "best": --run takes the last state.
     resnext3d(
@@ -112,7 +114,7 @@ def train_and_validate(
                 for case in csv.DictReader(handle)
             }
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    return {**metrics, "steps": last["global_step"], "cases": cases}
+    return {**metrics, "steps": last["global_step"], "load": load, "cases": cases}
 
 
 def spread(values: list[float]) -> str:
@@ -121,21 +123,23 @@ def spread(values: list[float]) -> str:
 
 
 def results_table(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[str]:
-    """A row per run: steps in the budget, then each metric it trains, mean ± half range over
-    seeds and each seed's value."""
+    """A row per run: steps in the budget and the CPU's load average at the end of training
+    (means over seeds), then each metric it trains, mean ± half range over seeds and each seed's
+    value."""
     metrics = [*GRADE_METRICS, *REGION_METRICS]
     lines = [
-        "| run | training steps | " + " | ".join(f"val/{m}" for m in metrics) + " |",
-        "|---" * (len(metrics) + 2) + "|",
+        "| run | training steps | load | " + " | ".join(f"val/{m}" for m in metrics) + " |",
+        "|---" * (len(metrics) + 3) + "|",
     ]
     for name, runs in results.items():
         steps = statistics.fmean(runs[seed]["steps"] for seed in seeds)
+        load = statistics.fmean(runs[seed]["load"] for seed in seeds)
         cells = []
         for metric in metrics:
             values = [runs[seed][metric] for seed in seeds if metric in runs[seed]]
             seeds_text = ", ".join(f"{v:.3f}" for v in values)
             cells.append(f"{spread(values)} ({seeds_text})" if values else "–")
-        lines.append(f"| {name} | {steps:.0f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {steps:.0f} | {load:.1f} | " + " | ".join(cells) + " |")
     return lines
 
 
