@@ -3,6 +3,7 @@ pretrained_cfg networks and checkpoints carry, and layer-wise learning-rate deca
 
 import json
 from functools import partial
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -20,8 +21,9 @@ from resnext3d.models import (
     from_pretrained,
     save_pretrained,
 )
+from resnext3d.models.construction import network_config, records_init_args
 from resnext3d.models.hub import CONFIG_FILE, WEIGHTS_FILE
-from resnext3d.models.pretrained import BRATS_MODALITIES
+from resnext3d.models.pretrained import BRATS_MODALITIES, default_pretrained_cfg
 from resnext3d.tasks import VolumeClassifier, VolumeSegmenter
 from resnext3d.training import WarmupCosineLR
 from resnext3d.training.checkpoints import ModelCheckpoint, read_checkpoint
@@ -324,3 +326,36 @@ def test_a_run_s_checkpoint_says_what_its_input_must_be_and_exports_as_a_folder(
 def test_export_weights_names_a_checkpoint_it_cannot_read(tmp_path, capsys):
     assert tool(["export-weights", "--run", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     assert f"{tmp_path}: not a run directory" in capsys.readouterr().err
+
+
+def test_the_presets_of_published_weights_say_the_input_those_were_trained_on():
+    def network(in_channels: int) -> SimpleNamespace:
+        return SimpleNamespace(
+            in_channels=in_channels, num_classes=0, spatial_dims=3, first_conv="conv1"
+        )
+
+    kinetics = default_pretrained_cfg(network(3), "kinetics_resnet50")
+    assert kinetics.family == "kinetics" and kinetics.input_size == (3, 16, 112, 112)
+    assert kinetics.normalization == "mean_std" and kinetics.mean == (0.4345, 0.4051, 0.3775)
+    medicalnet = default_pretrained_cfg(network(1), "medicalnet_resnet10")
+    assert medicalnet.input_size == (1, 56, 448, 448) and medicalnet.spacing is None
+    # Adapted to the BraTS channels: the family's per-channel statistics no longer apply.
+    r3d = default_pretrained_cfg(network(4), "r3d_18")
+    assert r3d.input_size == (4, 16, 112, 112) and r3d.mean is None and r3d.modalities is None
+
+
+@records_init_args
+class LoadsWeights(torch.nn.Module):
+    def __init__(self, width: int = 2, checkpoint_path: str | None = None) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(width, width)
+
+
+class InheritsItsConstruction(LoadsWeights):
+    pass
+
+
+def test_construction_records_leave_out_the_weights_a_network_loaded():
+    config = network_config(InheritsItsConstruction(3, checkpoint_path="gone.pt"))
+    assert config["class_path"].endswith("test_pretrained.InheritsItsConstruction")
+    assert config["init_args"] == {"width": 3, "checkpoint_path": None}

@@ -19,6 +19,9 @@ from typing import Any
 from torch import nn
 
 CONFIG_ATTRIBUTE = "_init_config"
+# Arguments that load weights into the network rather than shape it: recorded as None, as the
+# weights saved with the config replace them, and the file they name may be gone.
+WEIGHT_ARGUMENTS = ("checkpoint_path",)
 
 
 def records_init_args(cls: type[nn.Module]) -> type[nn.Module]:
@@ -66,7 +69,8 @@ def network_config(network: nn.Module) -> dict[str, Any]:
         )
     cls, arguments = record
     init_args = {
-        name: _as_json(value, f"{cls.__name__}.{name}") for name, value in arguments.items()
+        name: None if name in WEIGHT_ARGUMENTS else _as_json(value, f"{cls.__name__}.{name}")
+        for name, value in arguments.items()
     }
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 

@@ -74,9 +74,8 @@ def from_pretrained(
 
     For fine-tuning on other data, ``num_classes`` (a UNet's ``out_channels``) rebuilds the
     classifier or head, left at its initialisation, and ``in_channels`` the first convolution,
-    its kernel adapted (:func:`~resnext3d.models.weights.adapt_input_channels`); the run's CLI
-    passes the data's values (``--model.init_args.network resnext3d.from_pretrained
-    --model.init_args.network.folder FOLDER``). Every other tensor must fit.
+    its kernel adapted (:func:`~resnext3d.models.weights.adapt_input_channels`). Every other
+    tensor must fit. (A run's config gives the folder as its network's ``checkpoint_path``.)
 
     Args:
         folder: a folder with ``model.safetensors`` and ``config.json``.

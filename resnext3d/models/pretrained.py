@@ -108,12 +108,64 @@ class PretrainedCfg:
 # The paper of the architecture every preset follows.
 RESNEXT_PAPER = "Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks"
 
+# The input of the published weights' families (resnext3d.models.families), by the prefix of the
+# names of the presets that build their architectures: what their training fed the networks.
+# Channel-specific fields (modalities, mean, std) hold only for the family's channel count.
+VIDEO_CLIP = dict(
+    input_size=(3, 16, 112, 112),  # RGB, 16 frames (time first) of 112×112
+    spacing=None,
+    orientation=None,
+    modalities=("red", "green", "blue"),
+    normalization="mean_std",
+)
+FAMILY_INPUTS: dict[str, dict[str, Any]] = {
+    "medicalnet_": dict(
+        family="medicalnet",
+        input_size=(1, 56, 448, 448),
+        spacing=None,
+        orientation=None,
+        modalities=("ct_or_mri",),
+        normalization="zscore_nonzero",
+        source="https://github.com/Tencent/MedicalNet",
+        license="MIT",
+        paper="Chen et al. 2019, Med3D: Transfer Learning for 3D Medical Image Analysis",
+        notes="Volumes resized (nearest) to 56×448×448, D×H×W, whatever their spacing; one "
+        "channel z-scored over its nonzero voxels, the zeros then filled with N(0, 1) noise.",
+    ),
+    "kinetics_": dict(
+        family="kinetics",
+        **VIDEO_CLIP,
+        mean=(0.4345, 0.4051, 0.3775),
+        std=(0.2768, 0.2713, 0.2737),
+        source="https://github.com/kenshohara/3D-ResNets-PyTorch",
+        license="MIT",
+        paper="Hara et al. 2018, Can Spatiotemporal 3D CNNs Retrace the History of 2D CNNs and "
+        "ImageNet?",
+        notes="Frames scaled to [0, 1], then Kinetics' mean and std (3D-ResNets-PyTorch's "
+        "mean.py).",
+    ),
+    "r3d_18": dict(
+        family="torchvision_video",
+        **VIDEO_CLIP,
+        mean=(0.43216, 0.394666, 0.37645),
+        std=(0.22803, 0.22145, 0.216989),
+        source="torchvision.models.video.R3D_18_Weights.KINETICS400_V1",
+        license="BSD-3-Clause (torchvision)",
+        paper="Tran et al. 2018, A Closer Look at Spatiotemporal Convolutions for Action "
+        "Recognition",
+        notes="Frames resized to 128×171, centre-cropped to 112×112, scaled to [0, 1], then "
+        "the mean and std (torchvision's VideoClassification transforms).",
+    ),
+}
+
 
 def default_pretrained_cfg(network: nn.Module, preset: str | None = None) -> PretrainedCfg:
     """The configuration of a freshly built ResNeXt (classifier or encoder): its channels,
     first convolution and classifier from the network; its input as this project trains the
     presets, the BraTS grade classification's 64³ crops of 2 mm for a 3D network
-    (``experiments/brats_cls.yaml``), ImageNet's 224² images for a 2D one."""
+    (``experiments/brats_cls.yaml``), ImageNet's 224² images for a 2D one; for the presets of a
+    published family's architecture, the input its weights were trained on
+    (:data:`FAMILY_INPUTS`)."""
     in_channels, num_classes = network.in_channels, network.num_classes
     common = dict(
         architecture=preset,
@@ -135,6 +187,16 @@ def default_pretrained_cfg(network: nn.Module, preset: str | None = None) -> Pre
             std=IMAGENET_STD if rgb else None,
             **common,
         )
+    family = next(
+        (inputs for prefix, inputs in FAMILY_INPUTS.items() if (preset or "").startswith(prefix)),
+        None,
+    )
+    if family is not None:
+        cfg = PretrainedCfg(**{**common, **family})
+        cfg.input_size = (in_channels, *cfg.input_size[1:])
+        if in_channels != family["input_size"][0]:
+            cfg.modalities = cfg.mean = cfg.std = None
+        return cfg
     brats = in_channels == len(BRATS_MODALITIES)
     return PretrainedCfg(
         input_size=(in_channels, 64, 64, 64),
