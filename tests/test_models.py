@@ -57,7 +57,7 @@ def test_large_presets_build_and_run_on_the_meta_device(name):
         model = resnext3d.create_model(name, in_channels=4, num_classes=2)
         logits = model(torch.empty(2, 4, 64, 64, 64))
     assert logits.shape == (2, 2)
-    assert count_parameters(model) > 20_000_000
+    assert count_parameters(model) > 10_000_000  # MedicalNet's ResNet-10 has 14 M
 
 
 def test_feature_maps_and_feature_info_of_the_3d_encoder():

@@ -5,6 +5,7 @@ from resnext3d.models import flexible_unet  # noqa: F401
 from resnext3d.models.complexity import count_macs, count_parameters
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.ensemble import ProbabilityEnsemble
+from resnext3d.models.families import FAMILIES
 from resnext3d.models.hub import export_weights, from_pretrained, save_pretrained
 from resnext3d.models.multitask import (
     GradingResNeXtUNet,
@@ -23,14 +24,16 @@ from resnext3d.models.presets import PRESETS
 from resnext3d.models.pretrained import PretrainedCfg
 from resnext3d.models.registry import create_model, list_models
 from resnext3d.models.resnext import BasicBlock, Bottleneck, FeatureInfo, ResNeXt, ResNeXtFeatures
-from resnext3d.models.weights import inflate_kernel, load_pretrained, read_state_dict
+from resnext3d.models.weights import LoadReport, inflate_kernel, load_pretrained, read_state_dict
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
     "UNET_PRESETS",
     "BasicBlock",
     "Bottleneck",
     "FeatureInfo",
+    "LoadReport",
     "GradingResNeXtUNet",
     "PlannedGradingResNeXtUNet",
     "PlannedResNeXtUNet",

@@ -22,7 +22,7 @@ from monai.networks.blocks import BaseEncoder
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
 from resnext3d.models.decoder import check_divisible
-from resnext3d.models.presets import PRESETS, architecture
+from resnext3d.models.presets import PRESETS, TEMPLATE, architecture, geometry
 from resnext3d.models.resnext import BLOCKS, ResNeXt, ResNeXtFeatures
 from resnext3d.models.weights import load_pretrained
 
@@ -101,9 +101,14 @@ def _feature_channels(preset: str) -> tuple[int, ...]:
 
 
 def _backbone_presets(registered: dict[str, dict]) -> dict[str, str]:
-    """Each name to register -> its preset: the prefixed name always, the bare one if free."""
+    """Each name to register -> its preset: the prefixed name always, the bare one if free.
+    Presets with other strides than the template's (a weight family's, e.g. MedicalNet's stride-8
+    features) do not give the feature maps FlexibleUNet's decoder needs, and are left out."""
     names = {}
+    template_geometry = geometry(TEMPLATE, spatial_dims=3)
     for preset in PRESETS:
+        if geometry(architecture(preset), spatial_dims=3) != template_geometry:
+            continue
         names[NAME_PREFIX + preset] = preset
         owner = registered.get(preset, {}).get("type")
         if owner is None or issubclass(owner, ResNeXt):

@@ -21,17 +21,20 @@ def create_model(
     features_only: bool = False,
     checkpoint_path: str | None = None,
     inflation: str = "center",
+    weights_family: str = "auto",
     **kwargs,
 ) -> ResNeXt:
     """Build a preset; keyword arguments override the preset's and go to :class:`ResNeXt`.
 
     ``features_only`` builds the preset as an encoder, a :class:`ResNeXtFeatures` (whose
     ``out_indices`` selects its feature maps), as timm's ``create_model`` does.
-    ``checkpoint_path`` loads weights after building (2D weights into a 3D model are inflated
-    with ``inflation``; see :func:`resnext3d.models.weights.load_pretrained`).
+    ``checkpoint_path`` loads weights after building, of the family ``weights_family``
+    (``"medicalnet"``, ``"kinetics"``, ``"torchvision_video"``, ours; ``"auto"``: detected);
+    2D weights into a 3D model are inflated with ``inflation``. See
+    :func:`resnext3d.models.weights.load_pretrained`, whose report is logged.
     """
     model_cls = ResNeXtFeatures if features_only else ResNeXt
     model = model_cls(preset=name, spatial_dims=spatial_dims, **kwargs)
     if checkpoint_path is not None:
-        load_pretrained(model, checkpoint_path, inflation=inflation)
+        load_pretrained(model, checkpoint_path, inflation=inflation, family=weights_family)
     return model

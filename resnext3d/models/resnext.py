@@ -20,8 +20,9 @@ from monai.utils import ensure_tuple_rep
 from torch.utils.checkpoint import checkpoint
 
 from resnext3d.models.construction import records_init_args
-from resnext3d.models.presets import architecture
+from resnext3d.models.presets import architecture, geometry
 from resnext3d.models.pretrained import default_pretrained_cfg
+from resnext3d.models.weights import load_pretrained
 
 LayerSpec = str | tuple[str, dict]
 SpatialSize = int | Sequence[int]
@@ -65,6 +66,7 @@ class BasicBlock(nn.Module):
         act: LayerSpec = ("relu", {"inplace": True}),
         se_reduction: int | None = None,
         drop_path: float = 0.0,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         if cardinality != 1 or base_width != 64:
@@ -73,10 +75,12 @@ class BasicBlock(nn.Module):
                 f"got {cardinality}x{base_width}d; use block='bottleneck' for ResNeXt"
             )
         conv = Conv[Conv.CONV, spatial_dims]
-        self.conv1 = conv(in_channels, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = conv(
+            in_channels, planes, 3, stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn1 = make_norm(norm, spatial_dims, planes)
         self.act1 = get_act_layer(act)
-        self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = conv(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = make_norm(norm, spatial_dims, planes)
         self.se = _squeeze_excitation(spatial_dims, planes, se_reduction, act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -114,6 +118,7 @@ class Bottleneck(nn.Module):
         act: LayerSpec = ("relu", {"inplace": True}),
         se_reduction: int | None = None,
         drop_path: float = 0.0,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * cardinality
@@ -122,7 +127,9 @@ class Bottleneck(nn.Module):
         self.conv1 = conv(in_channels, width, 1, bias=False)
         self.bn1 = make_norm(norm, spatial_dims, width)
         self.act1 = get_act_layer(act)
-        self.conv2 = conv(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False)
+        self.conv2 = conv(
+            width, width, 3, stride, dilation, dilation, groups=cardinality, bias=False
+        )
         self.bn2 = make_norm(norm, spatial_dims, width)
         self.act2 = get_act_layer(act)
         self.conv3 = conv(width, out_channels, 1, bias=False)
@@ -144,6 +151,21 @@ class Bottleneck(nn.Module):
         if self.se is not None:
             x = self.se(x)
         return self.act3(self.drop_path(x) + shortcut)
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al.'s shortcut A, which MedicalNet's and 3D-ResNets-PyTorch's ResNet-18/34 use: the
+    input subsampled at the block's stride, its new channels zeros; no parameters."""
+
+    def __init__(self, out_channels: int, stride: tuple[int, ...]) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[(..., *(slice(None, None, s) for s in self.stride))]
+        padding = x.new_zeros(x.shape[0], self.out_channels - x.shape[1], *x.shape[2:])
+        return torch.cat([x, padding], dim=1)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
@@ -181,9 +203,10 @@ class ResNeXt(nn.Module):
 
     ``ResNeXt(preset="resnext50_32x4d", drop_path_rate=0.05)`` builds a named preset
     (:data:`resnext3d.models.PRESETS`); each architecture argument (layers, block, cardinality,
-    base_width, channels, stem_width, se_reduction) given replaces the preset's value. Those
-    arguments default to None, not to the preset's values, because a config passes every
-    argument: a value there could not be told from an override.
+    base_width, channels, stem_width, se_reduction, the stem's kernel and strides, strides,
+    dilations, shortcut) given replaces the preset's value. Those arguments default to None, not
+    to the preset's values, because a config passes every argument: a value there could not be
+    told from an override.
 
     Args:
         preset: a preset's name; ``"resnet50"`` is the paper's 50-layer template. None: the
@@ -201,11 +224,23 @@ class ResNeXt(nn.Module):
         channels: ``planes`` of each stage; block outputs are ``planes * block.expansion``.
         stem_type: ``"basic"`` (one k×k convolution) or ``"deep"`` (three 3×3 convolutions).
         stem_width: channels of the stem's output.
-        stem_kernel_size: kernel of the basic stem's convolution, one value or one per axis.
+        stem_kernel_size: kernel of the basic stem's convolution, one value or one per axis
+            (padded by half, so the stride alone sets the output size).
         stem_stride: stride of the stem convolution, one value or one per axis; the max-pool
-            after it uses the same stride, so ``(1, 2, 2)`` keeps thick slices for anisotropic MRI.
+            after it uses the same stride unless ``max_pool_stride`` is given, so ``(1, 2, 2)``
+            keeps thick slices for anisotropic MRI.
+        max_pool_stride: stride of the stem's max-pool (3×3 kernel), one value or one per axis,
+            where it differs from the stem's: 3D-ResNets-PyTorch's stem keeps the time axis
+            (``stem_stride=(1, 2, 2)``) and its max-pool halves every axis (``2``).
         no_max_pool: drop the stem's max-pool (stage 1 then runs at the stem's resolution).
         strides: stride of each stage, each one value or one per axis.
+        dilations: dilation of each stage's 3×3 convolutions, one per stage, in every block of
+            the stage: a stage of stride 1 and dilation 2 sees as far as one of stride 2 and
+            keeps the resolution (MedicalNet's ``strides=(1, 2, 1, 1)``,
+            ``dilations=(1, 1, 2, 4)``: features at stride 8). None: 1 everywhere.
+        shortcut: where a block changes the shape, ``"projection"`` (a strided 1×1 convolution
+            and a norm, He et al.'s shortcut B) or ``"zero_pad"`` (the input subsampled, new
+            channels zero, no parameters: shortcut A, which MedicalNet's ResNet-18/34 use).
         norm: norm layer by MONAI name (``"batch"``, ``"instance"``, ``"group"``, or
             ``("group", {"num_groups": 16})``), used for every norm layer of the network.
         act: activation by MONAI name, used for every activation of the network.
@@ -218,6 +253,14 @@ class ResNeXt(nn.Module):
             pass: far fewer activations kept, for more step time (measured in the README's
             "Speed and memory"). The recomputation repeats each batch norm's forward, so running
             statistics move twice per step, as in timm and torchvision.
+        checkpoint_path: a weight file to load after building (:func:`resnext3d.load_pretrained`:
+            ours, 2D weights inflated, or a family of published 3D weights), so that a config
+            fine-tunes from it: ``--model.init_args.network.init_args.checkpoint_path FILE``.
+            Its report is logged.
+        weights_family: the family of ``checkpoint_path``'s weights
+            (:data:`resnext3d.models.families.FAMILIES`: ``"medicalnet"``, ``"kinetics"``,
+            ``"torchvision_video"``, ``"resnext3d"``); ``"auto"`` tells it from the keys and
+            the architecture.
     """
 
     def __init__(
@@ -233,10 +276,13 @@ class ResNeXt(nn.Module):
         channels: Sequence[int] | None = None,
         stem_type: Literal["basic", "deep"] = "basic",
         stem_width: int | None = None,
-        stem_kernel_size: SpatialSize = 7,
-        stem_stride: SpatialSize = 2,
-        no_max_pool: bool = False,
-        strides: Sequence[SpatialSize] = (1, 2, 2, 2),
+        stem_kernel_size: SpatialSize | None = None,
+        stem_stride: SpatialSize | None = None,
+        max_pool_stride: SpatialSize | None = None,
+        no_max_pool: bool | None = None,
+        strides: Sequence[SpatialSize] | None = None,
+        dilations: Sequence[int] | None = None,
+        shortcut: Literal["projection", "zero_pad"] | None = None,
         norm: LayerSpec = "batch",
         act: LayerSpec = ("relu", {"inplace": True}),
         se_reduction: int | None = None,
@@ -244,6 +290,8 @@ class ResNeXt(nn.Module):
         drop_path_rate: float = 0.0,
         zero_init_last: bool = True,
         grad_checkpointing: bool = False,
+        checkpoint_path: str | None = None,
+        weights_family: str = "auto",
     ) -> None:
         super().__init__()
         chosen = architecture(
@@ -255,11 +303,24 @@ class ResNeXt(nn.Module):
             channels=channels,
             stem_width=stem_width,
             se_reduction=se_reduction,
+            stem_kernel_size=stem_kernel_size,
+            stem_stride=stem_stride,
+            max_pool_stride=max_pool_stride,
+            no_max_pool=no_max_pool,
+            strides=strides,
+            dilations=dilations,
+            shortcut=shortcut,
         )
         layers, block, channels = chosen["layers"], chosen["block"], chosen["channels"]
         cardinality, base_width = chosen["cardinality"], chosen["base_width"]
         stem_width, se_reduction = chosen["stem_width"], chosen["se_reduction"]
-        _check_arguments(layers, block, cardinality, base_width, spatial_dims, channels, strides)
+        _check_arguments(
+            layers, block, cardinality, base_width, spatial_dims, channels, chosen["strides"]
+        )
+        _check_shortcut_and_dilations(chosen["shortcut"], chosen["dilations"], layers)
+        # Strides and dilations per axis: what weights do not show, which their loader checks.
+        self.geometry = geometry(chosen, spatial_dims)
+        stem_stride = self.geometry["stem_stride"]
         # What was built, for tables, studies and decoders: C, d and the depth of each stage.
         self.layers, self.cardinality, self.base_width = tuple(layers), cardinality, base_width
         block_cls = BLOCKS[block]
@@ -270,7 +331,6 @@ class ResNeXt(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         conv = Conv[Conv.CONV, spatial_dims]
 
-        stem_stride = ensure_tuple_rep(stem_stride, spatial_dims)
         if stem_type == "deep":
             half = stem_width // 2
             self.conv1 = nn.Sequential(
@@ -284,29 +344,30 @@ class ResNeXt(nn.Module):
             )
             self.first_conv = "conv1.0"
         else:
-            kernel = ensure_tuple_rep(stem_kernel_size, spatial_dims)
+            kernel = ensure_tuple_rep(chosen["stem_kernel_size"], spatial_dims)
             padding = tuple(k // 2 for k in kernel)
             self.conv1 = conv(in_channels, stem_width, kernel, stem_stride, padding, bias=False)
             self.first_conv = "conv1"
         self.bn1 = make_norm(norm, spatial_dims, stem_width)
         self.act1 = get_act_layer(act)
+        max_pool_stride = self.geometry["max_pool_stride"]
         self.maxpool = (
             nn.Identity()
-            if no_max_pool
-            else Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=stem_stride, padding=1)
+            if max_pool_stride is None
+            else Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=max_pool_stride, padding=1)
         )
         feature_stride = stem_stride
         feature_info = [_feature_entry(stem_width, feature_stride)]
-        if not no_max_pool:
-            feature_stride = _multiply(feature_stride, stem_stride)
+        if max_pool_stride is not None:
+            feature_stride = _multiply(feature_stride, max_pool_stride)
 
         num_blocks = sum(layers)
         block_drop_rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         stage_in = stem_width
-        for index, (depth, planes, stride) in enumerate(
-            zip(layers, channels, strides, strict=True), start=1
-        ):
-            stride = ensure_tuple_rep(stride, spatial_dims)
+        stages = zip(
+            layers, channels, self.geometry["strides"], self.geometry["dilations"], strict=True
+        )
+        for index, (depth, planes, stride, dilation) in enumerate(stages, start=1):
             stage, stage_in = self._make_stage(
                 block_cls,
                 stage_in,
@@ -314,6 +375,8 @@ class ResNeXt(nn.Module):
                 depth,
                 stride,
                 block_drop_rates[:depth],
+                chosen["shortcut"],
+                dilation=dilation,
                 cardinality=cardinality,
                 base_width=base_width,
                 spatial_dims=spatial_dims,
@@ -334,6 +397,8 @@ class ResNeXt(nn.Module):
         self._init_weights(zero_init_last)
         # What its input must be (timm's attribute): a run or a weights folder fills it in.
         self.pretrained_cfg = default_pretrained_cfg(self, preset)
+        if checkpoint_path is not None:
+            load_pretrained(self, checkpoint_path, family=weights_family)
 
     @staticmethod
     def _make_stage(
@@ -343,11 +408,15 @@ class ResNeXt(nn.Module):
         depth: int,
         stride: tuple[int, ...],
         drop_rates: list[float],
+        shortcut: str,
         **block_kwargs,
     ) -> tuple[nn.Sequential, int]:
         out_channels = planes * block_cls.expansion
         downsample = None
-        if any(s != 1 for s in stride) or in_channels != out_channels:
+        changes_shape = any(s != 1 for s in stride) or in_channels != out_channels
+        if changes_shape and shortcut == "zero_pad":
+            downsample = ZeroPadShortcut(out_channels, stride)
+        elif changes_shape:
             spatial_dims = block_kwargs["spatial_dims"]
             downsample = nn.Sequential(
                 Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 1, stride, bias=False),
@@ -526,6 +595,18 @@ def _multiply(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
 def _feature_entry(channels: int, stride: tuple[int, ...]) -> dict:
     reduction = stride[0] if len(set(stride)) == 1 else stride
     return {"num_chs": channels, "stride": stride, "reduction": reduction}
+
+
+def _check_shortcut_and_dilations(
+    shortcut: str, dilations: Sequence[int] | None, layers: Sequence[int]
+) -> None:
+    if shortcut not in ("projection", "zero_pad"):
+        raise ValueError(f"shortcut must be 'projection' or 'zero_pad', got {shortcut!r}")
+    if dilations is not None and (len(dilations) != len(layers) or any(d < 1 for d in dilations)):
+        raise ValueError(
+            f"dilations needs one positive entry per stage ({len(layers)}, as layers has), got "
+            f"{dilations!r}"
+        )
 
 
 def _check_arguments(
