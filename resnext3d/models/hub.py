@@ -51,11 +51,10 @@ def save_pretrained(
     for one changed since in a way the record does not hold (the rebuilt network's tensors
     would not fit)."""
     folder = Path(folder)
-    config = _current_config(network)
+    config = construction_of(network)
     state = {
         name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()
     }
-    _check_rebuilds(config, state)
     cfg = pretrained_cfg if pretrained_cfg is not None else pretrained_cfg_of(network)
     config["pretrained_cfg"] = cfg.to_dict() if cfg is not None else None
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,29 +281,37 @@ def export_weights_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _current_config(network: nn.Module) -> dict[str, Any]:
+def construction_of(network: nn.Module, verify: bool = True) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` that build ``network`` as it is now: its recorded
+    construction (:func:`~resnext3d.models.construction.network_config`, a TypeError if it has
+    none) with the arguments timm's methods change since (:data:`MUTABLE_ARGUMENTS`).
+
+    ``verify`` builds it without memory (meta device) and raises a ValueError if its tensors
+    would differ; that costs seconds the first time in a process (PyTorch's meta kernels for
+    the initialisations), so a run's checkpoints leave it to the export, which loads strictly.
+    """
     config = network_config(network)
     for name in MUTABLE_ARGUMENTS:
         if name in config["init_args"] and hasattr(network, name):
             config["init_args"][name] = getattr(network, name)
-    return config
-
-
-def _check_rebuilds(config: dict[str, Any], state: Mapping[str, torch.Tensor]) -> None:
-    """Build the config's network without memory (meta device) and check that ``state`` fits."""
+    if not verify:
+        return config
     with torch.device("meta"):
         rebuilt = build_network(config)
     expected = {name: tensor.shape for name, tensor in rebuilt.state_dict().items()}
+    actual = {name: tensor.shape for name, tensor in network.state_dict().items()}
     differing = sorted(
-        set(expected) ^ set(state)
-        | {name for name in set(expected) & set(state) if expected[name] != state[name].shape}
+        set(expected) ^ set(actual)
+        | {name for name in set(expected) & set(actual) if expected[name] != actual[name]}
     )
     if differing:
         raise ValueError(
-            f"the network's tensors differ from those of the network its construction arguments "
-            f"build ({len(differing)}, e.g. {differing[:3]}): was it changed after it was built? "
-            "Build it with the arguments it has now"
+            f"a {type(network).__name__}'s tensors differ from those of the "
+            f"{config['class_path']} its construction arguments build ({len(differing)}, e.g. "
+            f"{differing[:3]}): was it changed after it was built, or is it a subclass whose "
+            "__init__ is not decorated with records_init_args?"
         )
+    return config
 
 
 def _network_arguments(config: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 
-from resnext3d.models.construction import network_config
+from resnext3d.models.hub import construction_of
 from resnext3d.models.pretrained import pretrained_cfg_for_data, pretrained_cfg_of
 from resnext3d.training import performance
 from resnext3d.training.layer_decay import layer_decay_groups, scale_learning_rates
@@ -150,4 +150,4 @@ class VolumeTask(L.LightningModule):
         # A network that does not record its construction (a MONAI one) has none: the run's
         # config.yaml builds it.
         with contextlib.suppress(TypeError):
-            checkpoint["network_config"] = network_config(self.network)
+            checkpoint["network_config"] = construction_of(self.network, verify=False)
