@@ -180,6 +180,16 @@ def test_missing_and_corrupt_folders_are_named(tmp_path):
         from_pretrained(str(folder))
 
 
+def test_a_config_builds_only_networks_that_record_their_construction(tmp_path):
+    folder = save_pretrained(tiny_classifier(), tmp_path)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config.update(class_path="subprocess.run", init_args={"args": ["touch", str(tmp_path / "ran")]})
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="subprocess.run is not a network that records"):
+        from_pretrained(folder)
+    assert not (tmp_path / "ran").exists()
+
+
 def test_weights_of_another_network_are_named_with_what_differs(tmp_path):
     save_pretrained(tiny_classifier(), tmp_path / "tiny")
     save_pretrained(tiny_classifier(cardinality=4), tmp_path / "other")

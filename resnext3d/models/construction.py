@@ -12,6 +12,7 @@ made it.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from torch import nn
 
 CONFIG_ATTRIBUTE = "_init_config"
+# Set on the classes the decorator records: only they are built from a saved config.
+RECORDING_MARKER = "_records_init_args"
 # Arguments that load weights into the network rather than shape it: recorded as None, as the
 # weights saved with the config replace them, and the file they name may be gone.
 WEIGHT_ARGUMENTS = ("checkpoint_path",)
@@ -51,6 +54,7 @@ def records_init_args(cls: type[nn.Module]) -> type[nn.Module]:
         setattr(self, CONFIG_ATTRIBUTE, (built, arguments))
 
     cls.__init__ = __init__
+    setattr(cls, RECORDING_MARKER, True)
     return cls
 
 
@@ -88,3 +92,30 @@ def _as_json(value: Any, where: str) -> Any:
         f"{where} is a {type(value).__name__}, which a JSON config cannot hold: build the "
         "network from plain values (numbers, strings, lists, dicts) or networks"
     )
+
+
+def build_recorded(config: Mapping[str, Any]) -> nn.Module:
+    """The network a :func:`network_config` names, the networks among its arguments first.
+
+    Only classes that record their construction are built, so that a config read from a shared
+    folder can name no other callable (``subprocess.run`` and its arguments, say); a TypeError
+    names what it refused.
+    """
+    class_path = config["class_path"]
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    is_network = isinstance(cls, type) and issubclass(cls, nn.Module)
+    if not (is_network and getattr(cls, RECORDING_MARKER, False)):
+        raise TypeError(
+            f"{class_path} is not a network that records its construction (a class decorated "
+            "with records_init_args), so it is not built from a saved config"
+        )
+    arguments = {
+        key: build_recorded(value) if _names_a_network(value) else value
+        for key, value in (config.get("init_args") or {}).items()
+    }
+    return cls(**arguments)
+
+
+def _names_a_network(value: Any) -> bool:
+    return isinstance(value, Mapping) and "class_path" in value

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from resnext3d.files import atomic_file
-from resnext3d.models.construction import network_config
-from resnext3d.models.planning import build_network
+from resnext3d.models.construction import build_recorded, network_config
 from resnext3d.models.pretrained import PretrainedCfg, pretrained_cfg_of
 from resnext3d.models.weights import adapt_input_channels
 
@@ -67,7 +66,7 @@ def save_pretrained(
 
 
 def from_pretrained(
-    folder: str, num_classes: int | None = None, in_channels: int | None = None
+    folder: str | Path, num_classes: int | None = None, in_channels: int | None = None
 ) -> nn.Module:
     """The network saved in ``folder`` by :func:`save_pretrained`, its weights loaded strictly.
 
@@ -100,8 +99,8 @@ def from_pretrained(
     if changed_outputs:
         _set_argument(arguments, OUTPUT_ARGUMENTS, num_classes, config_path)
     try:
-        network = build_network(config)
-    except (ImportError, AttributeError, TypeError, ValueError) as error:
+        network = build_recorded(config)
+    except (ImportError, TypeError, ValueError) as error:
         raise ValueError(
             f"{config_path}: cannot build its network {config['class_path']} ({error})"
         ) from error
@@ -200,7 +199,7 @@ def export_weights(checkpoint_path: str | Path, folder: str | Path, part: str = 
         for name, tensor in checkpoint["state_dict"].items()
         if name.startswith(NETWORK_PREFIX)
     }
-    network = build_network(config)
+    network = build_recorded(config)
     load_strictly(network, state, checkpoint_path)
     saved_cfg = checkpoint.get("pretrained_cfg")
     cfg = PretrainedCfg.from_dict(saved_cfg, str(checkpoint_path)) if saved_cfg else None
@@ -297,7 +296,7 @@ def construction_of(network: nn.Module, verify: bool = True) -> dict[str, Any]:
     if not verify:
         return config
     with torch.device("meta"):
-        rebuilt = build_network(config)
+        rebuilt = build_recorded(config)
     expected = {name: tensor.shape for name, tensor in rebuilt.state_dict().items()}
     actual = {name: tensor.shape for name, tensor in network.state_dict().items()}
     differing = sorted(
