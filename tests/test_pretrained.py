@@ -152,8 +152,9 @@ def test_from_pretrained_adapts_the_head_and_the_first_conv_for_fine_tuning(tmp_
     assert tuned.pretrained_cfg.modalities is None and tuned.pretrained_cfg.num_classes == 3
     assert torch.equal(tuned.conv1.weight, network.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(tuned.layer4[0].conv2.weight, network.layer4[0].conv2.weight)
-    # The same through a network's checkpoint_path (read_state_dict reads folders).
-    created = resnext3d.create_model(TINY, in_channels=4, num_classes=3, checkpoint_path=tmp_path)
+    # The same through a network's checkpoint_path, as a run's config gives it (read_state_dict
+    # reads folders).
+    created = resnext3d.ResNeXt(TINY, in_channels=4, num_classes=3, checkpoint_path=str(tmp_path))
     assert torch.equal(created.layer1[0].conv1.weight, network.layer1[0].conv1.weight)
     created = resnext3d.create_model(
         TINY, in_channels=4, num_classes=2, checkpoint_path=tmp_path / WEIGHTS_FILE

@@ -142,7 +142,8 @@ FAMILY_INPUTS: dict[str, dict[str, Any]] = {
         paper="Hara et al. 2018, Can Spatiotemporal 3D CNNs Retrace the History of 2D CNNs and "
         "ImageNet?",
         notes="Frames scaled to [0, 1], then Kinetics' mean and std (3D-ResNets-PyTorch's "
-        "mean.py).",
+        "mean.py, with which its 2020 r3d*_K_200ep weights were trained; the 2018 "
+        "resnext-101-kinetics.pth predates that code).",
     ),
     "r3d_18": dict(
         family="torchvision_video",
