@@ -11,6 +11,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from jsonargparse import ArgumentParser
 
 import resnext3d
 from resnext3d.models import load_pretrained
@@ -326,7 +327,8 @@ def test_r3d_18_gives_torchvision_outputs_from_its_weights():
     weights = random_weights(r3d_18_shapes())
     model = resnext3d.create_model("r3d_18", num_classes=400)
     report = load_pretrained(model, weights)
-    assert report.family == "torchvision_video" and "stem.0." in report.family_from
+    assert report.family == "torchvision_video"
+    assert report.family_from == "detected from its stem.0.* keys"
     assert not report.adapted and not report.left_at_init and not report.unused
     state = model.state_dict()
     for key, value in weights.items():
@@ -437,7 +439,7 @@ def test_report_is_logged_and_says_what_was_loaded_adapted_and_left(caplog):
     assert text in caplog.text
     total = len([k for k in model.state_dict() if not k.endswith("num_batches_tracked")])
     assert text.startswith(f"Loaded {total - 2} of the model's {total} tensors from a state dict")
-    assert "family medicalnet, detected from its key conv_seg." in text
+    assert "family medicalnet, detected from its conv_seg.* keys" in text
     assert "left at initialisation: fc.weight, fc.bias" in text
     assert "unused from the weights: conv_seg.0.weight" in text
 
@@ -453,6 +455,31 @@ def test_encoder_and_unet_point_at_weights_through_the_encoder(tmp_path):
     # Stride-8 maps from the last three stages: the decoder upsamples them by 1.
     unet = resnext3d.ResNeXtUNet(encoder, out_channels=3, decoder_channels=(32, 32, 16, 16, 8))
     assert unet.eval()(torch.randn(1, 4, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_a_config_points_the_network_at_weights(tmp_path):
+    """What ``--model.init_args.network.init_args.checkpoint_path`` does in a run's config."""
+    path = tmp_path / "r3d_18-b3b3357e.pth"
+    weights = random_weights(r3d_18_shapes())
+    torch.save(weights, path)
+    parser = ArgumentParser()
+    parser.add_class_arguments(resnext3d.ResNeXt, "network")
+    config = parser.parse_args(
+        [
+            "--network.preset",
+            "r3d_18",
+            "--network.in_channels",
+            "4",
+            "--network.checkpoint_path",
+            str(path),
+            "--network.weights_family",
+            "torchvision_video",
+        ]
+    )
+    network = parser.instantiate(config).network
+    torch.testing.assert_close(
+        network.layer4[1].bn2.running_var, weights["layer4.1.conv2.1.running_var"]
+    )
 
 
 # --- Clear errors. -----------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def resolve_family(
     """The family ``name`` says (``"auto"``: detected), and how it was chosen."""
     if name == AUTO:
         family = detect_family(state_dict, model)
-        how = "its key " + family.marker if family.marker else "the model's geometry"
+        how = f"its {family.marker}* keys" if family.marker else "the model's geometry"
         if family.name == "resnext3d":
             how = "our key names"
         return family, f"detected from {how}"
