@@ -23,7 +23,11 @@ from resnext3d.models import (
 )
 from resnext3d.models.construction import network_config, records_init_args
 from resnext3d.models.hub import CONFIG_FILE, WEIGHTS_FILE
-from resnext3d.models.pretrained import BRATS_MODALITIES, default_pretrained_cfg
+from resnext3d.models.pretrained import (
+    BRATS_MODALITIES,
+    default_pretrained_cfg,
+    pretrained_cfg_of,
+)
 from resnext3d.tasks import VolumeClassifier, VolumeSegmenter
 from resnext3d.training import WarmupCosineLR
 from resnext3d.training.checkpoints import ModelCheckpoint, read_checkpoint
@@ -370,3 +374,23 @@ def test_construction_records_leave_out_the_weights_a_network_loaded():
     config = network_config(InheritsItsConstruction(3, checkpoint_path="gone.pt"))
     assert config["class_path"].endswith("test_pretrained.InheritsItsConstruction")
     assert config["init_args"] == {"width": 3, "checkpoint_path": None}
+
+
+def test_a_segmentation_run_s_encoder_exports_as_a_features_network(tmp_path):
+    unet = trained_like(tiny_unet())
+    cfg = pretrained_cfg_of(unet)
+    assert (cfg.first_conv, cfg.classifier) == ("encoder.conv1", "head")
+    assert cfg.input_multiple == (4, 4, 4)  # the planned strides of a 16³ patch
+    checkpoint = tmp_path / "last.ckpt"  # what VolumeSegmenter's checkpoints hold of it
+    torch.save(
+        {
+            "state_dict": {f"network.{k}": v for k, v in unet.state_dict().items()},
+            "network_config": network_config(unet),
+            "pretrained_cfg": cfg.to_dict(),
+        },
+        checkpoint,
+    )
+    encoder = from_pretrained(export_weights(checkpoint, tmp_path / "encoder", part="encoder"))
+    assert type(encoder) is resnext3d.ResNeXtFeatures
+    assert (encoder.pretrained_cfg.first_conv, encoder.pretrained_cfg.classifier) == ("conv1", None)
+    assert_same_network(unet.encoder, encoder)
