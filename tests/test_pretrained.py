@@ -26,6 +26,7 @@ from resnext3d.models.hub import CONFIG_FILE, WEIGHTS_FILE
 from resnext3d.models.pretrained import (
     BRATS_MODALITIES,
     default_pretrained_cfg,
+    pretrained_cfg_for_data,
     pretrained_cfg_of,
 )
 from resnext3d.tasks import VolumeClassifier, VolumeSegmenter
@@ -394,3 +395,12 @@ def test_a_segmentation_run_s_encoder_exports_as_a_features_network(tmp_path):
     assert type(encoder) is resnext3d.ResNeXtFeatures
     assert (encoder.pretrained_cfg.first_conv, encoder.pretrained_cfg.classifier) == ("conv1", None)
     assert_same_network(unet.encoder, encoder)
+
+
+def test_a_network_that_says_nothing_of_itself_is_described_by_its_data():
+    assert pretrained_cfg_of(torch.nn.Conv3d(4, 3, 1)) is None
+    data = SimpleNamespace(in_channels=2, roi_size=(32, 32, 24), spacing=(1, 1, 2), num_classes=3)
+    cfg = pretrained_cfg_for_data(None, data)
+    assert (cfg.first_conv, cfg.classifier, cfg.architecture) == (None, None, None)
+    assert cfg.input_size == (2, 32, 32, 24) and cfg.spacing == (1.0, 1.0, 2.0)
+    assert cfg.modalities is None and cfg.num_classes == 3  # 2 channels are not BraTS's 4

@@ -230,7 +230,9 @@ def pretrained_cfg_for_data(cfg: PretrainedCfg | None, data: object) -> Pretrain
     """``cfg`` with what a data module (or anything with its attributes) says of its input:
     ``in_channels`` and ``roi_size`` (the input size), ``spacing``, ``modalities``,
     ``class_names`` and ``num_classes``; what it does not say stays ``cfg``'s."""
-    cfg = dataclasses.replace(cfg) if cfg is not None else PretrainedCfg(first_conv=None)
+    # A network that says nothing of itself: no module names, only what the data says.
+    cfg = cfg if cfg is not None else PretrainedCfg(first_conv=None, classifier=None)
+    cfg = dataclasses.replace(cfg)
     in_channels = getattr(data, "in_channels", None) or cfg.input_size[0]
     roi_size = getattr(data, "roi_size", None)
     spatial = tuple(roi_size) if roi_size is not None else cfg.input_size[1:]

@@ -15,7 +15,9 @@ input. The rule for a task's parameters:
 With L layers, layer i (0 for the stem) learns at ``decay ** (L - 1 - i)`` times the optimizer's
 rate. The scale is applied to each group's ``lr`` when the optimizer is built (and kept in the
 group as ``lr_scale``), so PyTorch's schedulers and :class:`resnext3d.training.WarmupCosineLR`,
-which scale each group's own initial rate, keep the ratios throughout the run.
+which scale each group's own initial rate, keep the ratios throughout the run. Weight decay stays
+the optimizer's in every group (timm's function also exempts biases and norms, a separate
+choice this leaves to the optimizer's config, as without layer decay).
 """
 
 from __future__ import annotations
