@@ -68,7 +68,7 @@ class WeightFamily:
         """The presets that build this family's architecture."""
         if self.preset_prefix is None:
             return []
-        return sorted(name for name in PRESETS if name.startswith(self.preset_prefix))
+        return [name for name in PRESETS if name.startswith(self.preset_prefix)]
 
     def geometry_differences(self, model: nn.Module) -> list[str]:
         """How the model's strides and dilations differ from those the weights were trained
@@ -119,17 +119,19 @@ FAMILIES: dict[str, WeightFamily] = {
 }
 
 
-def detect_family(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> WeightFamily:
-    """The family of a state dict (module docstring): by a key only it has, else, for 3D
-    weights, by the model's geometry, else ours."""
+def detect_family(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[WeightFamily, str]:
+    """The family of a state dict (module docstring), and what told it: a key only it has,
+    else, for 3D weights, the model's geometry, else ours."""
     for family in FAMILIES.values():
         if family.marker and any(key.startswith(family.marker) for key in state_dict):
-            return family
+            return family, f"detected from its {family.marker}* keys"
     if hasattr(model, "geometry") and any(value.ndim == 5 for value in state_dict.values()):
         for family in FAMILIES.values():
             if family.presets() and not family.geometry_differences(model):
-                return family
-    return FAMILIES["resnext3d"]
+                return family, "detected from the model's geometry"
+    return FAMILIES["resnext3d"], "neither another family's keys nor its geometry"
 
 
 def resolve_family(
@@ -137,11 +139,7 @@ def resolve_family(
 ) -> tuple[WeightFamily, str]:
     """The family ``name`` says (``"auto"``: detected), and how it was chosen."""
     if name == AUTO:
-        family = detect_family(state_dict, model)
-        how = f"its {family.marker}* keys" if family.marker else "the model's geometry"
-        if family.name == "resnext3d":
-            how = "our key names"
-        return family, f"detected from {how}"
+        return detect_family(state_dict, model)
     if name not in FAMILIES:
         raise ValueError(
             f"unknown weights family {name!r}; known: {', '.join(FAMILIES)}, or {AUTO!r}"

@@ -240,14 +240,15 @@ def load_pretrained(
             f"model: missing {missing[:10]}, unexpected {unexpected[:10]}"
             f"{_shortcut_hint(missing, unexpected)}{_family_hint(chosen, family_from)}"
         )
+    taken = set(converted) - set(unexpected)
     report = LoadReport(
         source=name,
         family=chosen.name,
         family_from=family_from,
-        loaded=_counted(key for key in converted if key not in adapted and key not in unexpected),
+        loaded=_without_counters(key for key in converted if key in taken and key not in adapted),
         adapted=adapted,
-        left_at_init=_counted(key for key in model.state_dict() if key not in converted),
-        unused=_counted(original for key, original in renamed.items() if key not in converted),
+        left_at_init=_without_counters(key for key in model.state_dict() if key not in taken),
+        unused=_without_counters(original for key, original in renamed.items() if key not in taken),
         geometry_differences=chosen.geometry_differences(model),
     )
     log.info("%s", report)
@@ -256,7 +257,7 @@ def load_pretrained(
     return report
 
 
-def _counted(keys) -> list[str]:
+def _without_counters(keys) -> list[str]:
     return [key for key in keys if not key.endswith(COUNTER_SUFFIX)]
 
 
@@ -273,7 +274,7 @@ def _shortcut_hint(missing: list[str], unexpected: list[str]) -> str:
 
 def _family_hint(family: WeightFamily, family_from: str) -> str:
     presets = family.presets()
-    hint = f" (family {family.name}, {family_from}"
+    hint = f" (family {family.name}, {family_from}: {family.source}"
     if presets:
         hint += f"; its architecture is built by the presets {', '.join(presets)}"
     others = [name for name in FAMILIES if name != family.name]
