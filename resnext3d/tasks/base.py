@@ -1,5 +1,6 @@
-"""What the tasks share: the optimizer and schedule from the config, and the fast paths of the
-device a run lands on (memory format, compilation)."""
+"""What the tasks share: the optimizer and schedule from the config (with layer-wise rates if
+asked), the fast paths of the device a run lands on (memory format, compilation), and what
+their checkpoints say of the network (its input, its construction)."""
 
 from __future__ import annotations
 
