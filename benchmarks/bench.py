@@ -1,16 +1,23 @@
 """How fast and how lean resnext3d trains, next to MONAI's 3D ResNeXt and ResNet.
 
-Four sections, printed as Markdown tables and written to a JSON file:
+Its sections, printed as Markdown tables and written to a JSON file:
 
 1. models: train-step and inference throughput and peak memory of ``resnext50_32x4d`` in its
    default and fastest settings (bf16 where the device has it natively) and of MONAI's
-   SEResNeXt50 and resnet50, each as a ratio to MONAI SEResNeXt50 measured in the same run;
-2. the GFLOP/s those train steps achieve (analytic MACs) next to a dense Conv3d's;
-3. the peak memory that activation checkpointing saves on a large input, with the C library's
+   SEResNeXt50 and resnet50, each as a ratio to MONAI SEResNeXt50 measured in the same run,
+   and the GFLOP/s those train steps achieve (analytic MACs) as a fraction of a dense and of a
+   grouped Conv3d's in the same number and memory format;
+2. those Conv3d rates: the issue's dense and grouped pair and every grouped convolution of
+   resnext50_32x4d, in float32 and bf16, channels-last and contiguous, forward and backward;
+3. where a train step's time goes (torch.profiler), by kind of operator;
+4. the peak memory that activation checkpointing saves on a large input, with the C library's
    allocator as it is and told to return freed memory;
-4. the volumes/s of the BraTS data pipelines on a phantom, cached and uncached.
+5. the volumes/s of the BraTS data pipelines on a phantom, cached and uncached;
+6. with ``--cardinality``: train-step time of the equal-complexity C series (1×64d … 32×4d
+   and the 3D widths), float32 and bf16.
 
-Run from the repository root: ``python -m benchmarks.bench [--quick] [--batch 2 --size 64]``.
+Run from the repository root:
+``python -m benchmarks.bench [--quick] [--batch 2 --size 64] [--cardinality]``.
 The work is split by job: ``measure`` (timing, memory, CPU load, the machine), ``suites`` (what
 is compared, in which settings) and ``report`` (ratios, tables, the JSON file).
 """
@@ -30,10 +37,12 @@ from benchmarks.suites import (
     OURS_DEFAULT,
     QUICK,
     Settings,
+    benchmark_cardinality,
     benchmark_checkpointing,
-    benchmark_dense_conv,
+    benchmark_conv_rates,
     benchmark_loading,
     benchmark_models,
+    benchmark_step_profile,
 )
 
 
@@ -47,6 +56,11 @@ def parse_settings(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument(
+        "--cardinality",
+        action="store_true",
+        help="also time the equal-complexity C series (about 5 more minutes on 2 cores)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}.json",
@@ -58,6 +72,8 @@ def parse_settings(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_compile:
         settings = replace(settings, compile=False)
+    if args.cardinality:
+        settings = replace(settings, cardinality=True)
     return settings, args.out
 
 
@@ -71,8 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporting.print_header(report["machine"], report["settings"])
     with OtherProcessesCpu() as others:
         report["models"] = benchmark_models(settings)
-        report["dense_conv"] = benchmark_dense_conv(settings, report["models"])
-        reporting.print_models(report["models"], report["dense_conv"])
+        report["conv_rates"] = benchmark_conv_rates(settings, report["models"])
+        reporting.print_models(report["models"])
+        reporting.print_conv_rates(report["conv_rates"])
+        report["step_profile"] = benchmark_step_profile(settings)
+        reporting.print_step_profile(report["step_profile"], report["conv_rates"])
+        if settings.cardinality:
+            report["cardinality"] = benchmark_cardinality(settings)
+            reporting.print_cardinality(report["cardinality"])
         report["checkpointing"] = benchmark_checkpointing(settings)
         reporting.print_checkpointing(report["checkpointing"])
         fastest = reporting.fastest_of(report["models"]["rows"], OURS_DEFAULT.model)

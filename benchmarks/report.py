@@ -53,14 +53,49 @@ def compare_models(rows: list[dict], reference_key: str) -> list[dict]:
     return rows
 
 
-def compare_with_dense_conv(rows: list[dict], input_shape: Sequence[int], formats: dict) -> dict:
-    """The dense convolution's section, and in every float32 model row the share of the faster
-    memory format's GFLOP/s that its train step reaches."""
-    best = max(result["gflops_per_s"] for result in formats.values())
+def compare_with_conv_rates(rows: list[dict], measured: dict, dense: str, grouped: str) -> dict:
+    """The convolution rates' section, and in every model row its train step's GFLOP/s as a
+    fraction of the `dense` and the `grouped` convolution's forward-and-backward rate (case
+    labels) in the row's own number and memory format; None where that setting was not
+    measured (bf16 on a CPU without native bf16)."""
     for row in rows:
-        # The dense convolution runs in float32: a share of it says nothing of bf16 rows.
-        row["fraction_of_dense_conv"] = None if row["bf16"] else row["train_gflops_per_s"] / best
-    return {"input_shape": input_shape, "formats": formats, "best_gflops_per_s": best}
+        for role, label in (("dense", dense), ("grouped", grouped)):
+            rate = conv_rate(measured["rates"], label, row_dtype(row), row["channels_last"])
+            row[f"fraction_of_{role}_conv"] = (
+                None if rate is None else row["train_gflops_per_s"] / rate["train_gflops_per_s"]
+            )
+    return {**measured, "dense": dense, "grouped": grouped}
+
+
+def row_dtype(row: dict) -> str:
+    """The number format a model row's convolutions compute in."""
+    return "bfloat16" if row["bf16"] else "float32"
+
+
+def conv_rate(rates: Sequence[dict], label: str, dtype: str, channels_last: bool) -> dict | None:
+    for rate in rates:
+        setting = rate["setting"]
+        if rate["case"]["label"] == label and (setting["dtype"], setting["channels_last"]) == (
+            dtype,
+            channels_last,
+        ):
+            return rate
+    return None
+
+
+def compare_cardinality(rows: list[dict]) -> list[dict]:
+    """Every network of the C series with its train GFLOP/s and its step time as a multiple of
+    the one-group network's (C = 1) in the same settings."""
+    for row in rows:
+        row["train_gflops_per_s"] = train_flops(row["macs"]) / row["train"]["median_step_s"] / 1e9
+    for row in rows:
+        reference = next(
+            other for other in rows if other["cardinality"] == 1 and other["bf16"] == row["bf16"]
+        )
+        row["step_ratio_to_one_group"] = (
+            row["train"]["median_step_s"] / reference["train"]["median_step_s"]
+        )
+    return rows
 
 
 def compare_checkpointing(without: dict, with_: dict) -> dict:
@@ -169,7 +204,7 @@ def print_header(machine: dict, settings: dict) -> None:
     )
 
 
-def print_models(models: dict, dense: dict) -> None:
+def print_models(models: dict) -> None:
     rounds = f"{models['rounds']} round{'s' if models['rounds'] > 1 else ''}"
     print(
         f"\n## Models: input {shape_name(models['input_shape'])}, ratios to MONAI SEResNeXt50, "
@@ -192,7 +227,8 @@ def print_models(models: dict, dense: dict) -> None:
                 with_ratio(row["train"]["peak_memory_mib"], ratios["train_memory"], 0),
                 with_ratio(row["inference"]["peak_memory_mib"], ratios["inference_memory"], 0),
                 f"{row['train_gflops_per_s']:.0f}",
-                "–" if row["bf16"] else f"{100 * row['fraction_of_dense_conv']:.0f}%",
+                percent(row.get("fraction_of_dense_conv")),
+                percent(row.get("fraction_of_grouped_conv")),
             ]
         )
     headers = [
@@ -205,6 +241,7 @@ def print_models(models: dict, dense: dict) -> None:
         "infer peak MiB",
         "train GFLOP/s",
         "of dense conv",
+        "of grouped conv",
     ]
     print(markdown_table(headers, table))
     if any(row["bf16"] for row in models["rows"]) and models["bf16_tiny_convolutions_guarded"]:
@@ -221,20 +258,149 @@ def print_models(models: dict, dense: dict) -> None:
                 "or loading what earlier runs compiled from the inductor cache."
             )
 
-    channels = dense["input_shape"][1]
     print(
-        f"\n## Efficiency: a dense Conv3d {channels}→{channels} 3×3×3, forward and "
-        f"backward on {shape_name(dense['input_shape'])}\n"
+        "\n'of dense conv' and 'of grouped conv': the train step's GFLOP/s as a share of the "
+        "forward-and-backward rate of the dense and of the grouped Conv3d below, in the row's "
+        "own number and memory format."
     )
+
+
+def percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def print_conv_rates(conv: dict) -> None:
+    """Two tables of GFLOP/s, forward and forward + backward: a row per convolution, a column
+    per number and memory format; then each grouped convolution's rate as a share of the dense
+    one's."""
+    rates = conv["rates"]
+    settings = list(
+        dict.fromkeys((r["setting"]["dtype"], r["setting"]["channels_last"]) for r in rates)
+    )
+    cases = list(dict.fromkeys(r["case"]["label"] for r in rates))
+    shapes = {r["case"]["label"]: r["case"] for r in rates}
+    headers = ["Conv3d 3×3×3", "maps", *(setting_name(*setting) for setting in settings)]
+    for field, title in (
+        ("forward_gflops_per_s", "forward"),
+        ("train_gflops_per_s", "forward + input and weight gradients (a train step's work)"),
+    ):
+        print(f"\n## Conv3d rates, GFLOP/s: {title}{noisy(conv)}\n")
+        table = []
+        for label in cases:
+            case = shapes[label]
+            cells = []
+            for dtype, channels_last in settings:
+                rate = conv_rate(rates, label, dtype, channels_last)
+                cells.append("–" if rate is None else f"{rate[field]:.0f}")
+            maps = f"{case['batch']}×{case['channels']}×{case['size']}³"
+            table.append([label, maps, *cells])
+        print(markdown_table(headers, table))
     print(
-        "GFLOP/s from analytic MACs × 2 × 3 (forward, input and weight gradients); 'of dense "
-        "conv' above is a train step's GFLOP/s as a share of the faster format's.\n"
+        "\nGFLOP/s from analytic MACs × 2 (forward) and × 6 (forward and both gradients); the "
+        "first two rows are the issue's pair. Grouped over dense, forward + backward: "
+        + "; ".join(
+            f"{setting_name(dtype, channels_last)} "
+            f"{grouped_over_dense(conv, dtype, channels_last):.2f}×"
+            for dtype, channels_last in settings
+        )
+        + "."
     )
-    rows = [
-        [name + noisy(result), f"{result['gflops_per_s']:.0f}"]
-        for name, result in dense["formats"].items()
-    ]
-    print(markdown_table(["memory format", "GFLOP/s"], rows))
+
+
+def setting_name(dtype: str, channels_last: bool) -> str:
+    return f"{dtype} {'channels_last' if channels_last else 'contiguous'}"
+
+
+def grouped_over_dense(conv: dict, dtype: str, channels_last: bool) -> float:
+    grouped = conv_rate(conv["rates"], conv["grouped"], dtype, channels_last)
+    dense = conv_rate(conv["rates"], conv["dense"], dtype, channels_last)
+    return grouped["train_gflops_per_s"] / dense["train_gflops_per_s"]
+
+
+def print_step_profile(profile: dict, conv: dict) -> None:
+    """Each kind of operator's share of a profiled train step, a column per setting, and how
+    fast the grouped convolutions ran inside the step next to the same kind alone."""
+    profiles = profile["profiles"]
+    shape = shape_name(profile["input_shape"])
+    print(f"\n## Where a resnext50_32x4d train step's time goes: {shape}, torch.profiler\n")
+    kinds = list(
+        dict.fromkeys(kind for measured in profiles.values() for kind in measured["kinds"])
+    )
+    headers = ["operators", *(settings_name(p) + noisy(p) for p in profiles.values())]
+    table = []
+    for kind in kinds:
+        cells = []
+        for measured in profiles.values():
+            entry = measured["kinds"].get(kind)
+            cells.append(
+                "–"
+                if entry is None
+                else f"{100 * entry['share']:.0f}% ({1000 * entry['seconds']:.0f} ms)"
+            )
+        table.append([kind, *cells])
+    table.append(["total", *(f"100% ({1000 * p['total_s']:.0f} ms)" for p in profiles.values())])
+    print(markdown_table(headers, table))
+    print(
+        "\nSelf time of every operator of one step (forward, backward, fused AdamW), summed by "
+        "kind; a convolution is 'grouped' when its weight has fewer input channels than its "
+        "input."
+    )
+    for measured in profiles.values():
+        rate = measured["grouped_gflops_per_s"]
+        if rate is None:
+            continue
+        alone = conv_rate(
+            conv["rates"], conv["grouped"], row_dtype(measured), measured["channels_last"]
+        )
+        dense = conv_rate(
+            conv["rates"], conv["dense"], row_dtype(measured), measured["channels_last"]
+        )
+        print(
+            f"- {settings_name(measured)}: grouped convolutions take "
+            f"{100 * measured['grouped_share']:.0f}% of the step and run at {rate:.0f} GFLOP/s "
+            f"there ({rate / dense['train_gflops_per_s']:.2f}× the dense Conv3d's "
+            f"{dense['train_gflops_per_s']:.0f}, {rate / alone['train_gflops_per_s']:.2f}× the "
+            f"grouped one's {alone['train_gflops_per_s']:.0f} alone)."
+        )
+
+
+def print_cardinality(cardinality: dict) -> None:
+    """The C series: size, cost and train-step time in each setting, beside the one-group
+    network's."""
+    rows = cardinality["rows"]
+    shape = shape_name(cardinality["input_shape"])
+    print(f"\n## Cardinality's price: the equal-complexity C series, train step on {shape}\n")
+    settings = list(dict.fromkeys(settings_name(row) for row in rows))
+    networks = list(dict.fromkeys(row["label"] for row in rows))
+    headers = ["network", "C", "d", "params (M)", "GMACs"]
+    headers += [f"{name} s/step (× C=1)" for name in settings]
+    table = []
+    for network in networks:
+        of_network = {settings_name(row): row for row in rows if row["label"] == network}
+        first = next(iter(of_network.values()))
+        cells = [
+            "–"
+            if name not in of_network
+            else f"{of_network[name]['train']['median_step_s']:.3f} "
+            f"({of_network[name]['step_ratio_to_one_group']:.2f}×){noisy(of_network[name])}"
+            for name in settings
+        ]
+        table.append(
+            [
+                network,
+                str(first["cardinality"]),
+                str(first["base_width"]),
+                f"{first['parameters'] / 1e6:.2f}",
+                f"{first['macs'] / 1e9:.1f}",
+                *cells,
+            ]
+        )
+    print(markdown_table(headers, table))
+    print(
+        "\nThe 50-layer template with C groups of width d in every block: the paper's 2D "
+        "widths (1×64d … 32×4d) and the widths that give a 3D block the 1×64d block's "
+        "parameters (`resnext3d complexity`); fused AdamW, cross-entropy, median step."
+    )
 
 
 def print_checkpointing(checkpointing: dict) -> None:
@@ -312,7 +478,9 @@ def measurements(report: dict) -> list[dict]:
     checkpointing = report["checkpointing"]
     return [
         *report["models"]["rows"],
-        *report["dense_conv"]["formats"].values(),
+        report["conv_rates"],
+        *report["step_profile"]["profiles"].values(),
+        *report.get("cardinality", {}).get("rows", []),
         *(
             checkpointing[allocator][step]
             for allocator in ALLOCATOR_NAMES

@@ -1,6 +1,7 @@
 """What the benchmark compares, and in which settings: resnext50_32x4d next to MONAI's 3D
-SEResNeXt50 and resnet50, a dense Conv3d as the machine's attainable rate, activation
-checkpointing on a large input, and the BraTS data pipelines on a phantom.
+SEResNeXt50 and resnet50, dense and grouped Conv3d as the machine's attainable rates, where a
+train step's time goes (profiler), activation checkpointing on a large input, the BraTS data
+pipelines on a phantom, and (on request) the equal-complexity C series.
 
 Each suite runs its measurements (``measure``) and hands the numbers to ``report`` for the
 ratios, so that every ratio is taken in one place and against the same run.
@@ -21,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import SEResNeXt50, resnet50
 
+from benchmarks.conv_rates import conv_settings, grouped_cases_of, issue_cases, measure_rates
 from benchmarks.measure import (
     MIB,
     OtherProcessesCpu,
@@ -33,20 +35,21 @@ from benchmarks.measure import (
     saved_activations_mib,
     step_timer,
     time_steps,
-    train_flops,
 )
 from benchmarks.report import (
+    compare_cardinality,
     compare_checkpointing,
     compare_loading,
     compare_models,
-    compare_with_dense_conv,
-    memory_format_name,
+    compare_with_conv_rates,
     summarize,
 )
+from benchmarks.step_profile import profile_step
 from resnext3d.data import BratsClassificationData, BratsSegmentationData, generate_phantom
 from resnext3d.data.datamodule import BratsDataModule
 from resnext3d.data.phantom import DEFAULT_SHAPE
 from resnext3d.models import count_macs, count_parameters, create_model
+from resnext3d.models.complexity import complexity_table
 from resnext3d.training.performance import (
     cpu_bf16_conv_gradients_are_correct,
     cpu_has_native_bf16,
@@ -55,7 +58,6 @@ from resnext3d.training.performance import (
 
 IN_CHANNELS = 4  # the four BraTS modalities
 NUM_CLASSES = 2
-DENSE_CHANNELS = 64
 FLOAT32_BYTES = 4
 # A parameter, its gradient and AdamW's two moment estimates.
 TRAINING_COPIES_OF_WEIGHTS = 4
@@ -89,6 +91,9 @@ class Variant:
     compiled: bool = False
     grad_checkpointing: bool = False
     bf16: bool = False  # bf16 autocast, as Lightning's "bf16-mixed"
+    # C and d replacing the preset's (the cardinality series); None keeps the preset's.
+    cardinality: int | None = None
+    base_width: int | None = None
 
 
 REFERENCE = Variant("monai_seresnext50", "MONAI SEResNeXt50 (reference)", "monai_seresnext50")
@@ -121,7 +126,17 @@ class Settings:
     rounds: int = 2
     rounds_budget_s: float = 180.0
     model_schedule: Schedule = Schedule(warmup_steps=2, budget_s=10.0)
-    dense_schedule: Schedule = Schedule(warmup_steps=1, budget_s=10.0)
+    # The issue's pair of convolutions: 4×256×16³ maps, 32 groups of 8 for the grouped one.
+    conv_batch: int = 4
+    conv_channels: int = 256
+    conv_size: int = 16
+    conv_groups: int = 32
+    conv_schedule: Schedule = Schedule(warmup_steps=1, budget_s=1.0)
+    profile_warmup_steps: int = 2
+    # The C series (--cardinality): rounds of every network, as for the models.
+    cardinality: bool = False
+    cardinality_rounds: int = 2
+    cardinality_schedule: Schedule = Schedule(warmup_steps=2, budget_s=2.0)
     checkpoint_batch: int = 1
     checkpoint_size: int = 128
     # One timed step after the warm-ups: enough for a peak, and 128³ is the slowest part.
@@ -148,7 +163,12 @@ QUICK = Settings(
     size=16,
     rounds=1,
     model_schedule=Schedule(warmup_steps=1, budget_s=0.0),
-    dense_schedule=Schedule(warmup_steps=1, budget_s=0.0),
+    conv_batch=1,
+    conv_size=8,
+    conv_schedule=Schedule(warmup_steps=1, budget_s=0.0),
+    profile_warmup_steps=1,
+    cardinality_rounds=1,
+    cardinality_schedule=Schedule(warmup_steps=1, budget_s=0.0),
     checkpoint_batch=2,
     checkpoint_size=32,
     phantom_cases=6,
@@ -162,7 +182,16 @@ QUICK = Settings(
 
 
 def build_model(variant: Variant) -> nn.Module:
-    model = MODEL_BUILDERS[variant.model]()
+    if variant.cardinality is None:
+        model = MODEL_BUILDERS[variant.model]()
+    else:
+        model = create_model(
+            variant.model,
+            in_channels=IN_CHANNELS,
+            num_classes=NUM_CLASSES,
+            cardinality=variant.cardinality,
+            base_width=variant.base_width,
+        )
     if variant.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -180,7 +209,6 @@ def measure_model(
 
     Inference runs first: the train step's optimizer state would otherwise count towards it.
     """
-    torch.manual_seed(0)
     device = bench_device()
     if return_freed_memory:
         return_freed_memory_to_the_system()
@@ -188,20 +216,7 @@ def measure_model(
         meta_model = build_model(variant)
         macs = count_macs(meta_model, input_shape)
     memory = PeakMemory(device)
-    model = build_model(variant).to(device)
-    inputs = torch.randn(*input_shape, device=device)
-    labels = torch.arange(input_shape[0], device=device) % NUM_CLASSES
-    if variant.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-    if variant.bf16 and tiny_convolutions_need_guarding(device):
-        guard_tiny_convolutions(model)  # as the CLI's precision plugin does
-    compiled = torch.compile(model) if variant.compiled else model
-
-    def forward(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
-            return compiled(inputs)
-
+    model, inputs, forward = prepare_model(variant, input_shape, device)
     result = {"macs": macs, "parameters": count_parameters(meta_model)}
 
     if inference:
@@ -213,7 +228,41 @@ def measure_model(
 
         result["inference"] = time_steps(infer, schedule, memory)
 
+    result["train"] = time_steps(train_step_of(model, inputs, forward), schedule, memory)
+    # The eager model: compiled code would need to recompile under the hooks, and saves the
+    # same activations in kind.
+    result["saved_activations_mib"] = saved_activations_mib(model, inputs)
+    return result
+
+
+def prepare_model(
+    variant: Variant, input_shape: Sequence[int], device: torch.device
+) -> tuple[nn.Module, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """`variant` on `device` in its settings, a random input, and its forward pass (compiled,
+    under bf16 autocast, as the variant asks), from a fixed seed."""
+    torch.manual_seed(0)
+    model = build_model(variant).to(device)
+    inputs = torch.randn(*input_shape, device=device)
+    if variant.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+    if variant.bf16 and tiny_convolutions_need_guarding(device):
+        guard_tiny_convolutions(model)  # as the CLI's precision plugin does
+    compiled = torch.compile(model) if variant.compiled else model
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
+            return compiled(inputs)
+
+    return model, inputs, forward
+
+
+def train_step_of(
+    model: nn.Module, inputs: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[], None]:
+    """A train step of `model` on `inputs`: cross-entropy, backward, fused AdamW."""
     model.train()
+    labels = torch.arange(inputs.shape[0], device=inputs.device) % NUM_CLASSES
     # Fused, as in the experiment configs: on CPU the for-loop AdamW took 65 ms of a 0.5 s step.
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
 
@@ -222,34 +271,17 @@ def measure_model(
         F.cross_entropy(forward(inputs), labels).backward()
         optimizer.step()
 
-    result["train"] = time_steps(train_step, schedule, memory)
-    # The eager model: compiled code would need to recompile under the hooks, and saves the
-    # same activations in kind.
-    result["saved_activations_mib"] = saved_activations_mib(model, inputs)
-    return result
+    return train_step
 
 
-def measure_dense_conv(input_shape: Sequence[int], channels_last: bool, schedule: Schedule) -> dict:
-    """GFLOP/s of a dense 3×3×3 convolution's forward and backward (input and weight gradients),
-    three times its forward MACs: what the machine reaches on well-shaped convolution work."""
-    torch.manual_seed(0)
+def profile_model(variant: Variant, input_shape: Sequence[int], warmup_steps: int) -> dict:
+    """Where one train step of `variant` spends its time, after `warmup_steps` steps."""
     device = bench_device()
-    conv = nn.Conv3d(DENSE_CHANNELS, DENSE_CHANNELS, 3, padding=1, bias=False).to(device)
-    inputs = torch.randn(*input_shape, device=device)
-    if channels_last:
-        conv = conv.to(memory_format=torch.channels_last_3d)
-        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-    inputs.requires_grad_(True)
-    macs = count_macs(conv, input_shape)
-
-    def step() -> None:
-        conv.zero_grad()
-        inputs.grad = None
-        # The sum's backward only broadcasts ones: negligible next to the convolution's.
-        conv(inputs).sum().backward()
-
-    timing = summarize([time_steps(step, schedule, PeakMemory(device))], input_shape[0])
-    return {"macs": macs, "gflops_per_s": train_flops(macs) / timing["median_step_s"] / 1e9}
+    model, inputs, forward = prepare_model(variant, input_shape, device)
+    step = train_step_of(model, inputs, forward)
+    for _ in range(warmup_steps):
+        step()
+    return profile_step(step, device)
 
 
 def measure_loading(
@@ -351,16 +383,95 @@ def combine_rounds(measured: Sequence[dict], batch: int) -> dict:
     return combined
 
 
-def benchmark_dense_conv(settings: Settings, models: dict) -> dict:
-    shape = (settings.batch, DENSE_CHANNELS, settings.size, settings.size, settings.size)
-    formats = {}
-    for channels_last in (False, True):
-        name = memory_format_name(channels_last)
-        progress(f"dense Conv3d, {name}")
-        formats[name] = run_in_fresh_process(
-            measure_dense_conv, shape, channels_last, settings.dense_schedule
+def benchmark_conv_rates(settings: Settings, models: dict) -> dict:
+    """The issue's dense and grouped convolutions and every grouped convolution of
+    resnext50_32x4d at the benchmark's input, in every setting the device runs natively, all in
+    one fresh process; every model row's train step as a fraction of them."""
+    with torch.device("meta"):
+        ours = build_model(OURS_DEFAULT)
+    cases = issue_cases(
+        settings.conv_batch, settings.conv_channels, settings.conv_size, settings.conv_groups
+    )
+    cases += grouped_cases_of(ours, settings.input_shape)
+    conv_settings_ = conv_settings(device_runs_bf16_natively(bench_device()))
+    progress(f"Conv3d rates: {len(cases)} convolutions × {len(conv_settings_)} settings")
+    measured = run_in_fresh_process(measure_rates, cases, conv_settings_, settings.conv_schedule)
+    dense, grouped = cases[0].label, cases[1].label
+    return compare_with_conv_rates(models["rows"], measured, dense, grouped)
+
+
+def benchmark_step_profile(settings: Settings) -> dict:
+    """Where a train step of resnext50_32x4d goes, channels-last in float32 and (where native)
+    bf16-mixed, each in a fresh process."""
+    variants = [OURS_CHANNELS_LAST]
+    if device_runs_bf16_natively(bench_device()):
+        variants.append(OURS_BF16)
+    profiles = {}
+    for variant in variants:
+        progress(f"profiling a train step: {variant.key}")
+        profiles[variant.key] = {
+            **asdict(variant),
+            **run_in_fresh_process(
+                profile_model, variant, settings.input_shape, settings.profile_warmup_steps
+            ),
+        }
+    return {"input_shape": settings.input_shape, "profiles": profiles}
+
+
+def cardinality_variants(bf16: bool) -> list[Variant]:
+    """The equal-complexity C series on the 50-layer template: the paper's 2D widths and the 3D
+    widths that restore equal parameters (``resnext3d complexity``), channels-last, in float32
+    and (where native) bf16-mixed."""
+    pairs = [(row["cardinality"], row["width"]) for row in complexity_table(3)]
+    pairs += [(row["cardinality"], row["equal_width"]) for row in complexity_table(3)]
+    variants = []
+    for bf16_ in (False, True) if bf16 else (False,):
+        for cardinality, width in dict.fromkeys(pairs):
+            name = f"resnext50_{cardinality}x{width}d"
+            variants.append(
+                replace(
+                    OURS_CHANNELS_LAST,
+                    key=f"{name}_cl{'_bf16' if bf16_ else ''}",
+                    label=name,
+                    bf16=bf16_,
+                    cardinality=cardinality,
+                    base_width=width,
+                )
+            )
+    return variants
+
+
+def benchmark_cardinality(settings: Settings) -> dict:
+    """Train-step time of every network of the C series, each in a fresh process, the series
+    measured round after round so that the machine's slow spells spread over all of them."""
+    variants = cardinality_variants(device_runs_bf16_natively(bench_device()))
+    rounds: dict[Variant, list[dict]] = defaultdict(list)
+    for round_index in range(settings.cardinality_rounds):
+        for variant in variants:
+            progress(f"C series, round {round_index + 1}: {variant.key}")
+            rounds[variant].append(
+                run_in_fresh_process(
+                    measure_model,
+                    variant,
+                    settings.input_shape,
+                    settings.cardinality_schedule,
+                    inference=False,
+                )
+            )
+    rows = []
+    for variant, measured in rounds.items():
+        rows.append(
+            {
+                **asdict(variant),
+                "macs": measured[0]["macs"],
+                "parameters": measured[0]["parameters"],
+                "train": summarize([result["train"] for result in measured], settings.batch),
+                "other_processes_cpu_share": max(
+                    result["other_processes_cpu_share"] for result in measured
+                ),
+            }
         )
-    return compare_with_dense_conv(models["rows"], shape, formats)
+    return {"input_shape": settings.input_shape, "rows": compare_cardinality(rows)}
 
 
 def benchmark_checkpointing(settings: Settings) -> dict:

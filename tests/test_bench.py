@@ -13,13 +13,36 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench, measure, report, suites
+from benchmarks import bench, measure, report, step_profile, suites
+from benchmarks.conv_rates import (
+    ConvCase,
+    conv_settings,
+    grouped_cases_of,
+    issue_cases,
+    measure_rates,
+)
+from benchmarks.grouped_conv_attempts import MatmulGroupedConv3d, MergedGroupsConv3d
 from resnext3d.models import count_macs, count_parameters, create_model
 from resnext3d.training.performance import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("## Models", "## Efficiency", "## Activation checkpointing", "## Data loading")
-SAVED = {"machine", "settings", "models", "dense_conv", "checkpointing", "data_loading"}
+SECTIONS = (
+    "## Models",
+    "## Conv3d rates, GFLOP/s: forward",
+    "## Conv3d rates, GFLOP/s: forward + input and weight gradients",
+    "## Where a resnext50_32x4d train step's time goes",
+    "## Activation checkpointing",
+    "## Data loading",
+)
+SAVED = {
+    "machine",
+    "settings",
+    "models",
+    "conv_rates",
+    "step_profile",
+    "checkpointing",
+    "data_loading",
+}
 
 
 def positive(value) -> bool:
@@ -64,11 +87,43 @@ def fabricated_sections(settings: suites.Settings, noisy_key: str = "") -> dict:
         "rounds": 1,
         "rows": report.compare_models(rows, suites.REFERENCE.key),
     }
-    formats = {
-        "contiguous": {"macs": 1, "gflops_per_s": 100.0, "other_processes_cpu_share": 0.0},
-        "channels_last_3d": {"macs": 1, "gflops_per_s": 200.0, "other_processes_cpu_share": 0.0},
+    dense_case, grouped_case = issue_cases(4, 256, 16, 32)
+    # Dense: 100 GFLOP/s contiguous, 200 channels-last; grouped a quarter of that; bf16 twice.
+    rates = [
+        {
+            "case": asdict(case),
+            "setting": {"dtype": dtype, "channels_last": channels_last},
+            "macs": 1,
+            "forward_gflops_per_s": 2 * rate,
+            "train_gflops_per_s": rate,
+        }
+        for case, scale in ((dense_case, 1.0), (grouped_case, 0.25))
+        for dtype, dtype_scale in (("float32", 1.0), ("bfloat16", 2.0))
+        for channels_last, format_scale in ((True, 200.0), (False, 100.0))
+        for rate in [scale * dtype_scale * format_scale]
+    ]
+    conv = report.compare_with_conv_rates(
+        rows,
+        {"rates": rates, "other_processes_cpu_share": 0.0},
+        dense_case.label,
+        grouped_case.label,
+    )
+    profile = {
+        **asdict(suites.OURS_BF16),
+        **step_profile.shares_by_kind(
+            [
+                (
+                    "aten::convolution_backward",
+                    [[2, 8, 4, 4, 4], [2, 8, 4, 4, 4], [8, 2, 3, 3, 3]],
+                    3.0,
+                ),
+                ("aten::mkldnn_convolution", [[2, 8, 4, 4, 4], [8, 8, 1, 1, 1]], 1.0),
+                ("aten::native_batch_norm", [[2, 8, 4, 4, 4]], 1.0),
+            ]
+        ),
+        "other_processes_cpu_share": 0.0,
     }
-    dense = report.compare_with_dense_conv(rows, (2, 64, 16, 16, 16), formats)
+    profiles = {"input_shape": settings.input_shape, "profiles": {suites.OURS_BF16.key: profile}}
     step = {"median_step_s": 1.0, "peak_memory_mib": 400.0, "saved_activations_mib": 100.0}
     checkpointed = {"median_step_s": 1.3, "peak_memory_mib": 300.0, "saved_activations_mib": 20.0}
     checkpointing = {"input_shape": settings.checkpoint_shape, "weights_and_optimizer_mib": 395.0}
@@ -101,7 +156,8 @@ def fabricated_sections(settings: suites.Settings, noisy_key: str = "") -> dict:
     }
     return {
         "models": models,
-        "dense_conv": dense,
+        "conv_rates": conv,
+        "step_profile": profiles,
         "checkpointing": checkpointing,
         "data_loading": loading,
     }
@@ -138,14 +194,134 @@ def test_ratios_are_to_the_reference_row_and_flops_to_each_rows_own_step():
         )
 
 
-def test_dense_conv_share_is_of_the_faster_format_and_none_for_bf16_rows():
+def test_a_steps_fractions_are_of_the_conv_rates_in_its_own_number_and_memory_format():
     sections = fabricated_sections(suites.QUICK)
-    assert sections["dense_conv"]["best_gflops_per_s"] == 200.0
     for row in sections["models"]["rows"]:
-        if row["bf16"]:
-            assert row["fraction_of_dense_conv"] is None
-        else:
-            assert row["fraction_of_dense_conv"] == pytest.approx(row["train_gflops_per_s"] / 200)
+        dense = (2.0 if row["bf16"] else 1.0) * (200.0 if row["channels_last"] else 100.0)
+        assert row["fraction_of_dense_conv"] == pytest.approx(row["train_gflops_per_s"] / dense)
+        assert row["fraction_of_grouped_conv"] == pytest.approx(4 * row["fraction_of_dense_conv"])
+    # A setting that was not measured (bf16 on a CPU without it) gives no fraction.
+    row = report.compare_models([model_row(suites.OURS_BF16, 0.1, 0.1, 0.0)], suites.OURS_BF16.key)
+    float32_only = [
+        r for r in sections["conv_rates"]["rates"] if r["setting"]["dtype"] == "float32"
+    ]
+    conv = sections["conv_rates"]
+    report.compare_with_conv_rates(row, {"rates": float32_only}, conv["dense"], conv["grouped"])
+    assert row[0]["fraction_of_dense_conv"] is None
+
+
+def test_profiled_operators_are_summed_by_kind_and_convolutions_keyed_by_groups_and_kernel():
+    kind = step_profile.operator_kind
+    # Forward: (input, weight); backward: (output gradient, input, weight).
+    assert kind("aten::mkldnn_convolution", [[2, 128, 8, 8, 8], [128, 4, 3, 3, 3]]) == (
+        "conv 3×3×3 grouped"
+    )
+    backward = [[2, 64, 4, 4, 4], [2, 64, 8, 8, 8], [64, 64, 3, 3, 3]]
+    assert kind("aten::convolution_backward", backward) == "conv 3×3×3"
+    assert kind("aten::mkldnn_convolution", [[2, 4, 64, 64, 64], [64, 4, 7, 7, 7]]) == "conv 7×7×7"
+    assert kind("aten::native_batch_norm_backward", []) == "batch norm"
+    assert kind("aten::_to_copy", []) == "casts and copies"
+    assert kind("aten::_fused_adamw_", []) == "optimizer"
+    assert kind("aten::threshold_backward", []) == "elementwise"
+    assert kind("aten::something_new", []) == step_profile.OTHER
+    # A backward operator's forward MACs: output elements × input channels per group × kernel.
+    assert step_profile.conv_train_macs("aten::convolution_backward", backward) == (
+        2 * 64 * 4**3 * 64 * 27
+    )
+    shares = step_profile.shares_by_kind(
+        [
+            (
+                "aten::convolution_backward",
+                [[2, 8, 4, 4, 4], [2, 8, 4, 4, 4], [8, 2, 3, 3, 3]],
+                3.0,
+            ),
+            ("aten::mkldnn_convolution", [[2, 8, 4, 4, 4], [8, 2, 3, 3, 3]], 1.0),
+            ("aten::native_batch_norm", [[2, 8, 4, 4, 4]], 4.0),
+        ]
+    )
+    assert shares["total_s"] == 8.0 and shares["grouped_share"] == 0.5
+    assert shares["kinds"]["batch norm"] == {"seconds": 4.0, "share": 0.5}
+    assert shares["grouped_gflops_per_s"] == pytest.approx(6 * 2 * 8 * 64 * 2 * 27 / 4.0 / 1e9)
+
+
+def test_a_profiled_step_finds_its_grouped_convolution_and_its_macs():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1, groups=4, bias=False)
+    inputs = torch.randn(2, 16, 6, 6, 6, requires_grad=True)
+    measured = step_profile.profile_step(lambda: conv(inputs).sum().backward(), torch.device("cpu"))
+    assert 0 < measured["grouped_share"] <= 1
+    assert measured["grouped_macs"] == count_macs(conv, inputs.shape)
+    assert positive(measured["grouped_gflops_per_s"])
+
+
+def test_conv_rates_cover_the_grouped_convolutions_of_a_network_and_every_setting():
+    with torch.device("meta"):
+        network = create_model("resnext14_tiny", in_channels=4, num_classes=2)
+    cases = grouped_cases_of(network, (2, 4, 32, 32, 32))
+    # resnext14_tiny: one block per stage, 8 groups of 4 to 32 channels; the stride in the
+    # conv2 of stages 2-4, so each stage has one grouped case, on the stage's input maps.
+    assert [(case.channels, case.groups, case.size, case.stride) for case in cases] == [
+        (32, 8, 8, 1),
+        (64, 8, 8, 2),
+        (128, 8, 4, 2),
+        (256, 8, 2, 2),
+    ]
+    assert [setting.dtype for setting in conv_settings(bf16=False)] == ["float32", "float32"]
+    assert len(conv_settings(bf16=True)) == 4
+    tiny = ConvCase("tiny", batch=1, channels=16, size=4, groups=4)
+    measured = measure_rates([tiny], conv_settings(False), measure.Schedule(0, 0.0))["rates"]
+    assert len(measured) == 2
+    for rate in measured:
+        assert rate["macs"] == 16 * 4 * 27 * 4**3
+        assert positive(rate["forward_gflops_per_s"]) and positive(rate["train_gflops_per_s"])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("swapped", [MatmulGroupedConv3d, MergedGroupsConv3d])
+def test_the_attempted_grouped_convolutions_compute_the_convolution(swapped, stride):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(32, 32, 3, stride=stride, padding=1, groups=8, bias=False)
+    inputs = torch.randn(2, 32, 6, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+    inputs.requires_grad_(True)
+    expected = conv(inputs)
+    output_grad = torch.randn_like(expected)
+    expected.backward(output_grad)
+    expected_grads = conv.weight.grad.clone(), inputs.grad.clone()
+    conv.weight.grad = inputs.grad = None
+    conv.__class__ = swapped
+    conv.merge = 4
+    output = conv(inputs)
+    output.backward(output_grad)
+    # float32 sums in another order: the rounding of a few terms differs.
+    tolerance = {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(output, expected, **tolerance)
+    torch.testing.assert_close(conv.weight.grad, expected_grads[0], **tolerance)
+    torch.testing.assert_close(inputs.grad, expected_grads[1], **tolerance)
+    assert set(conv.state_dict()) == {"weight"}
+
+
+def test_the_cardinality_series_is_timed_against_one_group_in_each_setting():
+    variants = suites.cardinality_variants(bf16=True)
+    pairs = {(v.cardinality, v.base_width) for v in variants}
+    # The paper's 2D widths and the 3D equal-complexity widths (resnext3d complexity).
+    assert {(1, 64), (2, 40), (4, 24), (8, 14), (32, 4)} <= pairs
+    assert {(2, 43), (4, 28), (8, 18), (32, 7)} <= pairs
+    assert len(variants) == 2 * len(pairs) and all(v.channels_last for v in variants)
+    assert len(suites.cardinality_variants(bf16=False)) == len(pairs)
+    with torch.device("meta"):
+        built = suites.build_model(variants[-1])
+    assert (built.cardinality, built.base_width) == (variants[-1].cardinality, 7)
+    rows = [
+        {
+            **asdict(variant),
+            "macs": 10**9,
+            "parameters": 1000,
+            "train": report.summarize([timing(0.1 * variant.cardinality)], 2),
+        }
+        for variant in variants
+    ]
+    for row in report.compare_cardinality(rows):
+        assert row["step_ratio_to_one_group"] == pytest.approx(row["cardinality"])
 
 
 def test_checkpointing_and_loading_are_compared_within_the_run():
@@ -169,14 +345,16 @@ def test_every_section_and_row_is_printed_and_only_noisy_rows_are_marked(capsys)
     sections = fabricated_sections(settings, noisy_key=suites.REFERENCE_CHANNELS_LAST.key)
     full = {**sections, "other_processes_cpu_share": 0.05, "total_s": 60.0}
     report.print_header(measure.describe_machine(), asdict(settings))
-    report.print_models(sections["models"], sections["dense_conv"])
+    report.print_models(sections["models"])
+    report.print_conv_rates(sections["conv_rates"])
+    report.print_step_profile(sections["step_profile"], sections["conv_rates"])
     report.print_checkpointing(sections["checkpointing"])
     report.print_loading(sections["data_loading"], "fastest resnext50_32x4d")
     report.print_footer(full)
     stdout = capsys.readouterr().out
     assert all(heading in stdout for heading in SECTIONS)
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()]
-    printed = {(row[0].removesuffix(" †"), row[1]): row for row in cells if len(row) == 9}
+    printed = {(row[0].removesuffix(" †"), row[1]): row for row in cells if len(row) == 10}
     for row in sections["models"]["rows"]:
         line = printed[row["label"], report.settings_name(row)]
         assert line[0].endswith("†") == (row["key"] == suites.REFERENCE_CHANNELS_LAST.key)
@@ -184,7 +362,18 @@ def test_every_section_and_row_is_printed_and_only_noisy_rows_are_marked(capsys)
             line[3]
             == f"{row['train']['volumes_per_s']:.2f} ({row['ratios']['train_throughput']:.2f}×)"
         )
+        grouped = row["fraction_of_grouped_conv"]
+        assert line[9] == f"{100 * grouped:.0f}%"
     assert printed["MONAI SEResNeXt50 (reference)", "contiguous"][3] == "5.00 (1.00×)"
+    # The conv rates: a row per convolution, the issue's pair first, a column per setting.
+    dense = next(line for line in cells if line[0] == "dense (groups 1)")
+    assert dense[1:] == ["4×256×16³", "400", "200", "800", "400"]  # forward: twice the train rate
+    assert "Grouped over dense, forward + backward: float32 channels_last 0.25×" in stdout
+    # The profile: its kinds' shares, and the grouped convolutions' rate inside the step.
+    profiled = {line[0]: line[1] for line in cells if len(line) == 2}
+    assert profiled["conv 3×3×3 grouped"] == "60% (3000 ms)"
+    assert profiled["total"] == "100% (5000 ms)"
+    assert "grouped convolutions take 60% of the step and run at" in stdout
     assert "bf16-mixed: the convolutions" in stdout
     assert "torch.compile: the first train step took 30 s" in stdout
     assert "checkpointing saves 25% of the peak memory and 80% of the activations" in stdout
@@ -199,6 +388,35 @@ def test_every_section_and_row_is_printed_and_only_noisy_rows_are_marked(capsys)
     quiet = fabricated_sections(settings)
     report.print_footer({**quiet, "other_processes_cpu_share": 0.0, "total_s": 1.0})
     assert "†" not in capsys.readouterr().out
+
+
+def test_the_cardinality_table_prints_each_network_in_each_setting(capsys):
+    rows = [
+        {
+            **asdict(variant),
+            "macs": 11 * 10**9,
+            "parameters": 25 * 10**6,
+            "train": report.summarize([timing(0.5 if variant.cardinality == 1 else 1.0)], 2),
+            "other_processes_cpu_share": 0.0,
+        }
+        for variant in suites.cardinality_variants(bf16=True)
+    ]
+    report.print_cardinality(
+        {"input_shape": (2, 4, 64, 64, 64), "rows": report.compare_cardinality(rows)}
+    )
+    stdout = capsys.readouterr().out
+    assert "## Cardinality's price" in stdout
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()]
+    printed = {line[0]: line for line in cells if len(line) == 7}
+    assert printed["resnext50_1x64d"][1:] == [
+        "1",
+        "64",
+        "25.00",
+        "11.0",
+        "0.500 (1.00×)",
+        "0.500 (1.00×)",
+    ]
+    assert printed["resnext50_32x7d"][5:] == ["1.000 (2.00×)", "1.000 (2.00×)"]
 
 
 # The meters.
@@ -263,6 +481,7 @@ def test_options_reach_the_settings(tmp_path):
     assert settings.checkpoint_shape == (suites.QUICK.checkpoint_batch, 4, 40, 40, 40)
     assert settings.rounds == suites.QUICK.rounds and out == tmp_path / "r.json"
     assert not bench.parse_settings(["--no-compile"])[0].compile
+    assert not settings.cardinality and bench.parse_settings(["--cardinality"])[0].cardinality
 
 
 def test_main_prints_and_saves_every_section(monkeypatch, tmp_path, capsys):
@@ -277,7 +496,8 @@ def test_main_prints_and_saves_every_section(monkeypatch, tmp_path, capsys):
         return benchmark
 
     monkeypatch.setattr(bench, "benchmark_models", fake("models"))
-    monkeypatch.setattr(bench, "benchmark_dense_conv", fake("dense_conv"))
+    monkeypatch.setattr(bench, "benchmark_conv_rates", fake("conv_rates"))
+    monkeypatch.setattr(bench, "benchmark_step_profile", fake("step_profile"))
     monkeypatch.setattr(bench, "benchmark_checkpointing", fake("checkpointing"))
     monkeypatch.setattr(bench, "benchmark_loading", fake("data_loading"))
     out = tmp_path / "results" / "run.json"
@@ -364,10 +584,21 @@ def test_quick_run_measures_every_model_at_the_requested_size(quick_run):
     assert rows["monai_seresnext50"]["macs"] == pytest.approx(rows["resnext50_32x4d"]["macs"], 0.01)
     # MONAI resnet50's default stride-1 first convolution is what makes it several times costlier.
     assert rows["monai_resnet50_t1"]["macs"] > 5 * rows["monai_resnet50_t2"]["macs"]
-    dense = saved["dense_conv"]
-    assert dense["input_shape"] == [BATCH, 64, SIZE, SIZE, SIZE]
-    assert sorted(dense["formats"]) == ["channels_last_3d", "contiguous"]
-    assert all(positive(result["gflops_per_s"]) for result in dense["formats"].values())
+    conv = saved["conv_rates"]
+    settings = {(r["setting"]["dtype"], r["setting"]["channels_last"]) for r in conv["rates"]}
+    dtypes = {"float32", "bfloat16"} if BF16_KEY in MODEL_KEYS else {"float32"}
+    assert settings == {(dtype, cl) for dtype in dtypes for cl in (True, False)}
+    labels = {r["case"]["label"] for r in conv["rates"]}
+    assert {conv["dense"], conv["grouped"]} <= labels and len(labels) > 2
+    assert all(positive(r["train_gflops_per_s"]) for r in conv["rates"])
+    assert all(positive(rows[key]["fraction_of_grouped_conv"]) for key in MODEL_KEYS)
+    profiles = saved["step_profile"]["profiles"]
+    assert sorted(profiles) == sorted(
+        key for key in MODEL_KEYS if key.startswith("resnext50_32x4d_cl")
+    )
+    for profile in profiles.values():
+        assert sum(kind["share"] for kind in profile["kinds"].values()) == pytest.approx(1)
+        assert 0 < profile["grouped_share"] < 1
 
 
 @pytest.mark.slow
