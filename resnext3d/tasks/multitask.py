@@ -179,42 +179,55 @@ class VolumeMultitask(VolumeSegmenter):
                 total = total + self.weights[term] * self.log_variances[TERMS.index(term)] / 2
         return total
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def labelled(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Each task's items that train it: labelled for it, in a run that trains it."""
+        return {
+            "grade": (batch[GRADE_KEY] != NO_GRADE) & self.trains("grade"),
+            "regions": batch[HAS_MASK_KEY].bool() & self.trains("regions"),
+        }
+
+    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss of each task over the batch's items that train it (:meth:`labelled`); a task
+        without such items has no term. Updates the training grade metrics."""
         image, grades = batch["image"], batch[GRADE_KEY]
-        graded = (grades != NO_GRADE) & self.trains("grade")
-        masked = batch[HAS_MASK_KEY].bool() & self.trains("regions")
+        labelled = self.labelled(batch)
         if self.trains("regions"):
             output = self.network(image)
             regions, grade_logits = output.regions.float(), output.grade.float()
         else:
             regions, grade_logits = None, self.network.grade(image).float()
         terms = {}
+        graded, masked = labelled["grade"], labelled["regions"]
         if graded.any():
             terms["grade"] = self.grade_criterion(grade_logits[graded], grades[graded])
-            self.class_metrics.update(
-                "train", grade_logits[graded].detach().softmax(1), grades[graded]
-            )
+            probabilities = grade_logits[graded].detach().softmax(1)
+            self.class_metrics.update("train", probabilities, grades[graded])
         if masked.any():
             logits = regions[masked]
             if self.deep_supervision:
                 logits = list(torch.unbind(logits, dim=1))  # the final output, then each head's
             terms["regions"] = self.criterion(logits, batch["label"][masked])
-        for term, items in (("grade", graded), ("regions", masked)):
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        terms = self.loss_terms(batch)
+        batch_size = len(batch["image"])
+        for term, items in self.labelled(batch).items():
             cases = {
                 case for case, used in zip(batch["case_id"], items.tolist(), strict=True) if used
             }
             self.log(CASE_COUNTS[term], float(len(cases)), on_step=False, on_epoch=True,
-                     reduce_fx="sum", batch_size=len(image))  # fmt: skip
+                     reduce_fx="sum", batch_size=batch_size)  # fmt: skip
             if term in terms:
                 self._log_term("train", term, terms[term], int(items.sum()))
             if self.trains(term):
                 weight = self.weight(term).detach()
                 self.log(f"train/weight_{term}", weight, on_step=False, on_epoch=True,
-                         batch_size=len(image))  # fmt: skip
+                         batch_size=batch_size)  # fmt: skip
         if not terms:
             return None  # nothing in this batch is labelled for a task that trains
         loss = self.combined_loss(terms)
-        super().log_loss("train", loss, len(image))
+        super().log_loss("train", loss, batch_size)
         return loss
 
     def _log_term(self, stage: str, term: str, loss: torch.Tensor, batch_size: int) -> None:
