@@ -51,7 +51,7 @@ EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 LOGGERS := $(sort $(basename $(notdir $(wildcard experiments/loggers/*.yaml))))
 STUDIES := $(sort $(basename $(notdir $(wildcard experiments/studies/*.yaml))))
 
-.PHONY: help install lock test test-latest test-slow lint train check-data resume study cv models bench bench-seg bench-multitask clean
+.PHONY: help install lock test test-latest test-slow lint train check-data resume study cv models bench bench-seg bench-inference bench-multitask clean
 
 help: ## list the targets
 	@echo "resnext3d: 3D ResNeXt for volumetric medical imaging"
@@ -168,6 +168,9 @@ bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min o
 
 bench-seg: install ## segmentation at equal time: ours vs MONAI SegResNet and nnU-Net's DynUNet: make bench-seg [ARGS=...]
 	$(BIN)/python -m benchmarks.bench_seg $(ARGS)
+
+bench-inference: install ## whole-case CPU segmentation per engine (PyTorch, torch.export, onnxruntime, OpenVINO): latency, memory, masks [ARGS=--quick]
+	$(BIN)/python -m benchmarks.bench_inference $(ARGS)
 
 bench-multitask: install ## grade and regions from one network vs one network each, at equal time, 3 seeds: make bench-multitask [ARGS=...]
 	$(BIN)/python -m benchmarks.bench_multitask $(ARGS)

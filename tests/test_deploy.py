@@ -15,6 +15,7 @@ from test_ensemble import SEGMENTATION, fit_runs
 from test_experiments import small_data
 from test_failures import run_expecting_exit_1
 
+from benchmarks import bench_inference
 from resnext3d.cli import main
 from resnext3d.data import generate_phantom
 from resnext3d.data.transforms import segmentation_transforms, to_file_grid
@@ -199,3 +200,14 @@ def test_a_run_predicted_on_every_engine_writes_pytorchs_masks(tiny_phantom, tmp
         ["predict", "--run", str(run), "--engine", "onnxruntime", *data,
          "--model.init_args.sliding_window_size", "[48, 48, 48]"], capsys)  # fmt: skip
     assert "windows of 4x32x32x32" in error and "feeds 4x48x48x48" in error
+
+
+@pytest.mark.slow  # a fit, two exports and one prediction per engine, each its own process
+def test_the_inference_benchmark_times_every_engine(tmp_path):
+    bench_inference.main(["--quick", "--out", str(tmp_path)])
+    table = (tmp_path / "results.md").read_text()
+    for engine in ("torch fp32", "torch.export", "onnxruntime", "openvino"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {engine} | no |"))
+        assert row.endswith(" differ) |")
+    assert "| torch fp32 | no |" in table and "100.0000% (0 differ)" in table
+    assert "Stages of a torch fp32 case without mirroring: load and resample" in table

@@ -224,6 +224,12 @@ class TorchExportNetwork(EngineNetwork):
     def input_shape(self) -> tuple[int, ...]:
         return self.example_shape
 
+    def train(self, mode: bool = True) -> TorchExportNetwork:
+        # The program was exported in eval mode and refuses train(), even train(False), which
+        # Lightning calls before predicting.
+        self.training = mode
+        return self
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.program(image.float().contiguous())
 
