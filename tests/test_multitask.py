@@ -180,6 +180,9 @@ def test_a_tiny_fit_logs_every_metric_of_both_tasks(tiny_phantom, tmp_path):
         grade_names=data.grade_names,
         class_names=data.class_names,
         weighting="uncertainty",
+        # The cheapest validation: one batch of windows per case, scored on the network's grid.
+        overlap=0.0,
+        sliding_window_batch_size=8,
         scoring_grid="resampled",
         # An untrained network's noise would be thousands of lesions to score.
         threshold=0.95,
@@ -187,6 +190,7 @@ def test_a_tiny_fit_logs_every_metric_of_both_tasks(tiny_phantom, tmp_path):
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=3,
+        num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -220,9 +224,9 @@ def test_the_experiment_fits_and_predicts_masks_and_grades(tiny_phantom, tmp_pat
         "--data.init_args.data_dir", str(data),
         "--data.init_args.roi_size", "[16, 16, 16]",
         "--data.init_args.num_workers", "0",
-        "--model.init_args.network.init_args.layers", "[1, 1, 1]",
     ]  # fmt: skip
     main(["fit", "--config", str(CONFIG), *small, "--trainer.max_epochs", "1",
+          "--model.init_args.network.init_args.layers", "[1, 1, 1]",
           "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
           "--model.init_args.weighting", "uncertainty"])  # fmt: skip
     (run,) = (in_tmp_dir / "runs" / "brats_multitask").iterdir()
@@ -262,7 +266,7 @@ def test_the_benchmark_pairs_multi_task_with_each_single_task_seed_by_seed():
     assert rows[2].startswith("| multi-task | 100 | 2.0 | 0.750 ± 0.050 (0.800, 0.700) |")
 
 
-@pytest.mark.slow  # nine short fits and their validations
+@pytest.mark.slow  # three short fits and their validations, after three warm-up fits
 def test_the_benchmark_s_quick_mode_trains_and_compares_every_run(tiny_phantom, tmp_path):
     from benchmarks import bench_multitask
 
