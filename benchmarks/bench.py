@@ -13,11 +13,11 @@ Its sections, printed as Markdown tables and written to a JSON file:
 4. the peak memory that activation checkpointing saves on a large input, with the C library's
    allocator as it is and told to return freed memory;
 5. the volumes/s of the BraTS data pipelines on a phantom, cached and uncached;
-6. with ``--cardinality``: train-step time of the equal-complexity C series (1×64d … 32×4d
-   and the 3D widths), float32 and bf16.
+6. with ``--cardinality`` (``--cardinality only``: this section alone): train-step time of
+   the equal-complexity C series (1×64d … 32×4d and the 3D widths), float32 and bf16.
 
 Run from the repository root:
-``python -m benchmarks.bench [--quick] [--batch 2 --size 64] [--cardinality]``.
+``python -m benchmarks.bench [--quick] [--batch 2 --size 64] [--cardinality [only]]``.
 The work is split by job: ``measure`` (timing, memory, CPU load, the machine), ``suites`` (what
 is compared, in which settings) and ``report`` (ratios, tables, the JSON file).
 """
@@ -57,8 +57,10 @@ def parse_settings(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument(
         "--cardinality",
-        action="store_true",
-        help="also time the equal-complexity C series (about 5 more minutes on 2 cores)",
+        nargs="?",
+        const="also",
+        choices=["also", "only"],
+        help="also (or only: --cardinality only) time the equal-complexity C series",
     )
     parser.add_argument(
         "--out",
@@ -73,7 +75,7 @@ def parse_settings(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     if args.no_compile:
         settings = replace(settings, compile=False)
     if args.cardinality:
-        settings = replace(settings, cardinality=True)
+        settings = replace(settings, cardinality=args.cardinality)
     return settings, args.out
 
 
@@ -86,29 +88,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"machine": describe_machine(), "settings": asdict(settings)}
     reporting.print_header(report["machine"], report["settings"])
     with OtherProcessesCpu() as others:
-        report["models"] = benchmark_models(settings)
-        report["conv_rates"] = benchmark_conv_rates(settings, report["models"])
-        reporting.print_models(report["models"])
-        reporting.print_conv_rates(report["conv_rates"])
-        report["step_profile"] = benchmark_step_profile(settings)
-        reporting.print_step_profile(report["step_profile"], report["conv_rates"])
+        if settings.cardinality != "only":
+            measure_everything_but_cardinality(settings, report)
         if settings.cardinality:
             report["cardinality"] = benchmark_cardinality(settings)
             reporting.print_cardinality(report["cardinality"])
-        report["checkpointing"] = benchmark_checkpointing(settings)
-        reporting.print_checkpointing(report["checkpointing"])
-        fastest = reporting.fastest_of(report["models"]["rows"], OURS_DEFAULT.model)
-        report["data_loading"] = benchmark_loading(settings, fastest["train"]["volumes_per_s"])
-        reporting.print_loading(
-            report["data_loading"],
-            f"fastest {OURS_DEFAULT.model} ({reporting.settings_name(fastest)})",
-        )
     report["other_processes_cpu_share"] = others.share
     report["total_s"] = time.perf_counter() - started
     reporting.print_footer(report)
     reporting.save(report, out)
     print(f"Results: {out}")
     return 0
+
+
+def measure_everything_but_cardinality(settings: Settings, report: dict) -> None:
+    """The models, the convolutions' rates, the profile, checkpointing and the data pipelines,
+    each printed once measured; into `report`."""
+    report["models"] = benchmark_models(settings)
+    report["conv_rates"] = benchmark_conv_rates(settings, report["models"])
+    reporting.print_models(report["models"])
+    reporting.print_conv_rates(report["conv_rates"])
+    report["step_profile"] = benchmark_step_profile(settings)
+    reporting.print_step_profile(report["step_profile"], report["conv_rates"])
+    report["checkpointing"] = benchmark_checkpointing(settings)
+    reporting.print_checkpointing(report["checkpointing"])
+    fastest = reporting.fastest_of(report["models"]["rows"], OURS_DEFAULT.model)
+    report["data_loading"] = benchmark_loading(settings, fastest["train"]["volumes_per_s"])
+    reporting.print_loading(
+        report["data_loading"],
+        f"fastest {OURS_DEFAULT.model} ({reporting.settings_name(fastest)})",
+    )
 
 
 if __name__ == "__main__":

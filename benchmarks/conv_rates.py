@@ -5,12 +5,14 @@ forward and forward + backward. A network's train step is then read as a fractio
 far it is from what the hardware does with the same kind of work.
 
 FLOPs are the project's: ``count_macs`` × 2 forward, × 3 with the input and weight gradients
-(``measure.train_flops``).
+(``measure.train_flops``). ``python -m benchmarks.conv_rates`` prints the rate tables alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -175,3 +177,45 @@ def measure_rates(
             for setting in settings
         ]
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The rate tables alone, as `make bench` prints them, without the models around them."""
+    from benchmarks.measure import OtherProcessesCpu, describe_machine
+    from benchmarks.report import print_conv_rates
+    from benchmarks.suites import OURS_DEFAULT, Settings, build_model, device_runs_bf16_natively
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.conv_rates", description=__doc__)
+    parser.add_argument("--batch", type=int, default=Settings.batch, help="of the network's input")
+    parser.add_argument("--size", type=int, default=Settings.size, help="of the network's input")
+    args = parser.parse_args(argv)
+    settings = Settings(batch=args.batch, size=args.size)
+    machine = describe_machine()
+    print(
+        f"# Conv3d rates: {machine['cpu']}, {machine['cpu_count']} cores, "
+        f"{' '.join(machine['cpu_flags'])}; torch {machine['torch']}; {machine['date']}"
+    )
+    with torch.device("meta"):
+        network = build_model(OURS_DEFAULT)
+    cases = issue_cases(
+        settings.conv_batch, settings.conv_channels, settings.conv_size, settings.conv_groups
+    )
+    cases += grouped_cases_of(network, settings.input_shape)
+    with OtherProcessesCpu() as others:
+        measured = measure_rates(
+            cases, conv_settings(device_runs_bf16_natively(bench_device())), settings.conv_schedule
+        )
+    print_conv_rates(
+        {
+            **measured,
+            "dense": cases[0].label,
+            "grouped": cases[1].label,
+            "other_processes_cpu_share": others.share,
+        }
+    )
+    print(f"\nOther processes used {100 * others.share:.0f}% of the CPUs meanwhile.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -474,12 +474,13 @@ def print_footer(report: dict) -> None:
 
 
 def measurements(report: dict) -> list[dict]:
-    """Every row of every section: each carries the other processes' CPU share it ran beside."""
-    checkpointing = report["checkpointing"]
-    return [
-        *report["models"]["rows"],
-        report["conv_rates"],
-        *report["step_profile"]["profiles"].values(),
+    """Every row of every section measured: each carries the other processes' CPU share it ran
+    beside."""
+    checkpointing = report.get("checkpointing", {})
+    rows = [
+        *report.get("models", {}).get("rows", []),
+        *([report["conv_rates"]] if "conv_rates" in report else []),
+        *report.get("step_profile", {}).get("profiles", {}).values(),
         *report.get("cardinality", {}).get("rows", []),
         *(
             checkpointing[allocator][step]
@@ -487,8 +488,9 @@ def measurements(report: dict) -> list[dict]:
             if allocator in checkpointing
             for step in ("without", "with")
         ),
-        *report["data_loading"]["pipelines"].values(),
+        *report.get("data_loading", {}).get("pipelines", {}).values(),
     ]
+    return rows
 
 
 def save(report: dict, out: Path) -> None:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -133,10 +134,11 @@ class Settings:
     conv_groups: int = 32
     conv_schedule: Schedule = Schedule(warmup_steps=1, budget_s=1.0)
     profile_warmup_steps: int = 2
-    # The C series (--cardinality): rounds of every network, as for the models.
-    cardinality: bool = False
-    cardinality_rounds: int = 2
-    cardinality_schedule: Schedule = Schedule(warmup_steps=2, budget_s=2.0)
+    # The C series: "also" after the other sections, "only" alone (--cardinality [only]).
+    cardinality: Literal["also", "only"] | None = None
+    cardinality_warmup_steps: int = 2
+    cardinality_rounds: int = 3
+    cardinality_steps_per_round: int = 1
     checkpoint_batch: int = 1
     checkpoint_size: int = 128
     # One timed step after the warm-ups: enough for a peak, and 128³ is the slowest part.
@@ -167,8 +169,8 @@ QUICK = Settings(
     conv_size=8,
     conv_schedule=Schedule(warmup_steps=1, budget_s=0.0),
     profile_warmup_steps=1,
+    cardinality_warmup_steps=1,
     cardinality_rounds=1,
-    cardinality_schedule=Schedule(warmup_steps=1, budget_s=0.0),
     checkpoint_batch=2,
     checkpoint_size=32,
     phantom_cases=6,
@@ -249,12 +251,19 @@ def prepare_model(
     if variant.bf16 and tiny_convolutions_need_guarding(device):
         guard_tiny_convolutions(model)  # as the CLI's precision plugin does
     compiled = torch.compile(model) if variant.compiled else model
+    return model, inputs, autocast_forward(compiled, device, variant.bf16)
+
+
+def autocast_forward(
+    network: Callable[[torch.Tensor], torch.Tensor], device: torch.device, bf16: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`network`'s forward pass, under bf16 autocast (Lightning's "bf16-mixed") if `bf16`."""
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
-            return compiled(inputs)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return network(inputs)
 
-    return model, inputs, forward
+    return forward
 
 
 def train_step_of(
@@ -442,36 +451,68 @@ def cardinality_variants(bf16: bool) -> list[Variant]:
 
 
 def benchmark_cardinality(settings: Settings) -> dict:
-    """Train-step time of every network of the C series, each in a fresh process, the series
-    measured round after round so that the machine's slow spells spread over all of them."""
+    """Train-step time of every network of the C series, all in one fresh process and timed
+    round after round, a few steps of each network per round: on a shared machine a slow spell
+    then falls on every network alike, and the ratios to the one-group network hold."""
     variants = cardinality_variants(device_runs_bf16_natively(bench_device()))
-    rounds: dict[Variant, list[dict]] = defaultdict(list)
-    for round_index in range(settings.cardinality_rounds):
-        for variant in variants:
-            progress(f"C series, round {round_index + 1}: {variant.key}")
-            rounds[variant].append(
-                run_in_fresh_process(
-                    measure_model,
-                    variant,
-                    settings.input_shape,
-                    settings.cardinality_schedule,
-                    inference=False,
-                )
-            )
-    rows = []
-    for variant, measured in rounds.items():
-        rows.append(
-            {
-                **asdict(variant),
-                "macs": measured[0]["macs"],
-                "parameters": measured[0]["parameters"],
-                "train": summarize([result["train"] for result in measured], settings.batch),
-                "other_processes_cpu_share": max(
-                    result["other_processes_cpu_share"] for result in measured
-                ),
-            }
-        )
+    progress(f"C series: {len(variants)} networks × settings, {settings.cardinality_rounds} rounds")
+    measured = run_in_fresh_process(
+        measure_series,
+        variants,
+        settings.input_shape,
+        settings.cardinality_warmup_steps,
+        settings.cardinality_rounds,
+        settings.cardinality_steps_per_round,
+    )
+    share = measured["other_processes_cpu_share"]
+    rows = [
+        {
+            **asdict(variant),
+            **result,
+            "train": summarize([result["train"]], settings.batch),
+            "other_processes_cpu_share": share,
+        }
+        for variant, result in zip(variants, measured["results"], strict=True)
+    ]
     return {"input_shape": settings.input_shape, "rows": compare_cardinality(rows)}
+
+
+def measure_series(
+    variants: Sequence[Variant],
+    input_shape: Sequence[int],
+    warmup_steps: int,
+    rounds: int,
+    steps_per_round: int,
+) -> dict:
+    """Train steps of every variant, interleaved. Variants that differ only in bf16 share one
+    network (its weights drift a little apart from the float32 run's, which changes no
+    timing), which halves the memory that every network's weights and AdamW state take."""
+    device = bench_device()
+    networks: dict[tuple[int | None, int | None], tuple[nn.Module, torch.Tensor]] = {}
+    steps, results = [], []
+    for variant in variants:
+        shape_key = (variant.cardinality, variant.base_width)
+        if shape_key not in networks:
+            # bf16's preparation: its tiny-map guard changes nothing outside bf16 autocast.
+            model, inputs, _ = prepare_model(replace(variant, bf16=True), input_shape, device)
+            networks[shape_key] = model, inputs
+        model, inputs = networks[shape_key]
+        steps.append(train_step_of(model, inputs, autocast_forward(model, device, variant.bf16)))
+        with torch.device("meta"):
+            meta_model = build_model(variant)
+            results.append(
+                {
+                    "macs": count_macs(meta_model, input_shape),
+                    "parameters": count_parameters(meta_model),
+                    "train": {"step_s": [], "warmup_s": [], "peak_memory_mib": None},
+                }
+            )
+    for step, result in zip(steps, results, strict=True):
+        result["train"]["warmup_s"] = [one_off_seconds(step) for _ in range(warmup_steps)]
+    for _ in range(rounds):
+        for step, result in zip(steps, results, strict=True):
+            result["train"]["step_s"] += [one_off_seconds(step) for _ in range(steps_per_round)]
+    return {"results": results}
 
 
 def benchmark_checkpointing(settings: Settings) -> dict:

@@ -481,7 +481,9 @@ def test_options_reach_the_settings(tmp_path):
     assert settings.checkpoint_shape == (suites.QUICK.checkpoint_batch, 4, 40, 40, 40)
     assert settings.rounds == suites.QUICK.rounds and out == tmp_path / "r.json"
     assert not bench.parse_settings(["--no-compile"])[0].compile
-    assert not settings.cardinality and bench.parse_settings(["--cardinality"])[0].cardinality
+    assert settings.cardinality is None
+    assert bench.parse_settings(["--cardinality"])[0].cardinality == "also"
+    assert bench.parse_settings(["--cardinality", "only"])[0].cardinality == "only"
 
 
 def test_main_prints_and_saves_every_section(monkeypatch, tmp_path, capsys):
@@ -511,6 +513,31 @@ def test_main_prints_and_saves_every_section(monkeypatch, tmp_path, capsys):
     assert saved["settings"]["size"] == 24
     assert 0 <= saved["other_processes_cpu_share"] <= 1 and positive(saved["total_s"])
     assert saved["machine"]["torch"] == torch.__version__
+
+
+def test_cardinality_only_measures_and_prints_the_c_series_alone(monkeypatch, tmp_path, capsys):
+    def not_measured(*_):
+        raise AssertionError("--cardinality only measured another section")
+
+    for name in ("models", "conv_rates", "step_profile", "checkpointing", "loading"):
+        monkeypatch.setattr(bench, f"benchmark_{name}", not_measured)
+    rows = [
+        {
+            **asdict(variant),
+            "macs": 10**9,
+            "parameters": 1000,
+            "train": report.summarize([timing(0.5)], 2),
+            "other_processes_cpu_share": 0.0,
+        }
+        for variant in suites.cardinality_variants(bf16=False)
+    ]
+    fake = {"input_shape": (2, 4, 24, 24, 24), "rows": report.compare_cardinality(rows)}
+    monkeypatch.setattr(bench, "benchmark_cardinality", lambda settings: fake)
+    out = tmp_path / "run.json"
+    assert bench.main(["--quick", "--cardinality", "only", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "## Cardinality's price" in stdout and "## Models" not in stdout
+    assert set(json.loads(out.read_text())) >= {"machine", "settings", "cardinality"}
 
 
 # One real --quick run of the entry point: every model built, stepped and measured.
