@@ -188,6 +188,9 @@ def export_main(argv: list[str]) -> int:
         "--checkpoint", default="best", help="best (default, as predict --run), last, or a file"
     )
     args = parser.parse_args(argv)
+    if args.format == "torch-export" and args.out and args.out.suffix != ".pt2":
+        # torch.export.load reads a program from a file of that name only.
+        parser.error(f"--out {args.out}: a torch.export program is a .pt2 file")
     try:
         path = export_run(args.run, args.format, args.out, args.checkpoint)
     except CheckpointError as error:
