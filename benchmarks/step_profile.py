@@ -7,11 +7,13 @@ A convolution's kind comes from its recorded input shapes: the weight's second d
 input channels per group, so ``groups = input channels / weight.shape[1]``. Forward operators
 (``mkldnn_convolution``, ``cudnn_convolution``, ...) take (input, weight, ...), the backward
 operator (``convolution_backward``) takes (output gradient, input, weight, ...).
+``python -m benchmarks.step_profile [--batch 2 --size 64]`` prints the profile alone.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
@@ -106,3 +108,35 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         for event in profiler.events()
     ]
     return shares_by_kind(events)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The profile tables alone, as `make bench` prints them (with the two Conv3d rates they
+    are read against), without the models around them."""
+    from benchmarks.bench import parse_settings
+    from benchmarks.conv_rates import conv_settings, issue_cases, measure_rates
+    from benchmarks.measure import OtherProcessesCpu, bench_device, describe_machine
+    from benchmarks.report import print_step_profile
+    from benchmarks.suites import benchmark_step_profile, device_runs_bf16_natively
+
+    settings, _ = parse_settings(argv)
+    machine = describe_machine()
+    print(
+        f"# Train step profile: {machine['cpu']}, {machine['cpu_count']} cores, "
+        f"{' '.join(machine['cpu_flags'])}; torch {machine['torch']}; {machine['date']}"
+    )
+    cases = issue_cases(
+        settings.conv_batch, settings.conv_channels, settings.conv_size, settings.conv_groups
+    )
+    with OtherProcessesCpu() as others:
+        profile = benchmark_step_profile(settings)
+        bf16 = device_runs_bf16_natively(bench_device())
+        rates = measure_rates(cases, conv_settings(bf16), settings.conv_schedule)
+    conv = {**rates, "dense": cases[0].label, "grouped": cases[1].label}
+    print_step_profile(profile, conv)
+    print(f"\nOther processes used {100 * others.share:.0f}% of the CPUs meanwhile.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
