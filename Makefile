@@ -163,7 +163,7 @@ cv: install ## k-fold cross-validation, one run per fold, best scores mean ± st
 	$(BIN)/resnext3d cv --config experiments/$(EXP).yaml --folds $(FOLDS) \
 		$(if $(DATA),--data.data_dir "$(DATA)") $(ARGS)
 
-bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50 (≤10 min on 2 cores): make bench [ARGS=...]
+bench: install ## benchmark against MONAI's 3D SEResNeXt50/ResNet50, Conv3d rates, a step's profile (≤10 min on 2 cores): make bench [ARGS='--cardinality [only]']
 	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 bench-seg: install ## segmentation at equal time: ours vs MONAI SegResNet and nnU-Net's DynUNet: make bench-seg [ARGS=...]
