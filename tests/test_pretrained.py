@@ -14,6 +14,8 @@ import resnext3d
 from resnext3d.cli import main
 from resnext3d.data import MODALITIES
 from resnext3d.models import (
+    GradingResNeXtUNet,
+    PlannedGradingResNeXtUNet,
     PlannedResNeXtUNet,
     PretrainedCfg,
     ResNeXtUNet,
@@ -90,8 +92,18 @@ def as_list(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         ),
         # A planned UNet is saved as its plan: the plain ResNeXtUNet it built.
         (tiny_unet, ResNeXtUNet),
+        # The multi-task network: its regions and its grade both come back.
+        (
+            lambda: PlannedGradingResNeXtUNet(
+                preset="resnext_unet_s",
+                patch_size=(16, 16, 16),
+                spacing=(3.0, 3.0, 3.0),
+                layers=(1, 1, 1, 1, 1),
+            ),
+            GradingResNeXtUNet,
+        ),
     ],
-    ids=["ResNeXt", "ResNeXtFeatures", "planned-ResNeXtUNet"],
+    ids=["ResNeXt", "ResNeXtFeatures", "planned-ResNeXtUNet", "planned-GradingResNeXtUNet"],
 )
 def test_from_pretrained_rebuilds_the_network_bit_for_bit(build, rebuilt_class, tmp_path):
     network = trained_like(build())
@@ -222,22 +234,16 @@ def test_group_matcher_takes_every_parameter_but_the_classifier_exactly_once(coa
     assert layers["layer2.0.conv1.weight"] == 2
 
 
-def with_layer_decay(task: L.LightningModule, decay: float) -> L.LightningModule:
-    # VolumeTask's layer_decay, set as the tasks' own arguments would pass it on.
-    task.layer_decay = decay
-    return task
-
-
 def sgd(parameters):
     return torch.optim.SGD(parameters, lr=0.1, momentum=0.9)
 
 
 def test_layer_decay_scales_each_layer_s_rate_and_the_schedule_keeps_the_ratios():
-    task = with_layer_decay(
-        VolumeClassifier(
-            tiny_classifier(), optimizer=sgd, scheduler=partial(WarmupCosineLR, warmup_steps=2)
-        ),
-        0.5,
+    task = VolumeClassifier(
+        tiny_classifier(),
+        optimizer=sgd,
+        scheduler=partial(WarmupCosineLR, warmup_steps=2),
+        layer_decay=0.5,
     )
     configured = task.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
@@ -267,7 +273,7 @@ def test_without_layer_decay_one_group_has_the_optimizer_s_rate():
 
 
 def test_a_unet_s_encoder_decays_and_its_decoder_and_head_learn_at_the_full_rate():
-    task = with_layer_decay(VolumeSegmenter(tiny_unet(), optimizer=sgd), 0.8)
+    task = VolumeSegmenter(tiny_unet(), optimizer=sgd, layer_decay=0.8)
     groups = task.configure_optimizers().param_groups
     *encoder_groups, last = groups
     assert all(n.startswith("network.encoder.") for g in encoder_groups for n in g["param_names"])
@@ -281,7 +287,7 @@ def test_a_unet_s_encoder_decays_and_its_decoder_and_head_learn_at_the_full_rate
 
 
 def test_layer_decay_needs_a_network_that_numbers_its_layers():
-    task = with_layer_decay(VolumeSegmenter(torch.nn.Conv3d(4, 3, 1), optimizer=sgd), 0.7)
+    task = VolumeSegmenter(torch.nn.Conv3d(4, 3, 1), optimizer=sgd, layer_decay=0.7)
     with pytest.raises(ValueError, match="layer_decay needs a network with a group_matcher"):
         task.configure_optimizers()
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Pool
 
+from resnext3d.models.construction import records_init_args
 from resnext3d.models.decoder import ResNeXtUNet
 from resnext3d.models.planning import build_network, plan_unet
 from resnext3d.models.resnext import ResNeXtFeatures
@@ -30,6 +31,7 @@ class RegionsAndGrade(NamedTuple):
     grade: torch.Tensor
 
 
+@records_init_args
 class GradingResNeXtUNet(ResNeXtUNet):
     """A :class:`ResNeXtUNet` that also grades its input: global average pooling, dropout and a
     linear layer on the encoder's deepest feature map.

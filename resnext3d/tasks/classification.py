@@ -39,7 +39,7 @@ class VolumeClassifier(VolumeTask):
         class_names: names of the classes in index order, written by ``predict`` (linked).
         class_weights: cross-entropy weight of each class, for imbalanced data.
         label_smoothing: cross-entropy label smoothing.
-        optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
+        optimizer, scheduler, layer_decay, channels_last, compile: see :class:`VolumeTask`.
     """
 
     checkpoint_monitor = ("val/auroc", "max")
@@ -52,10 +52,11 @@ class VolumeClassifier(VolumeTask):
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float | None = None,
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, channels_last, compile)
+        super().__init__(optimizer, scheduler, channels_last, compile, layer_decay)
         self.save_hyperparameters(ignore=["network", *RUNTIME_ARGUMENTS])
         num_classes = network.num_classes
         if class_weights is not None and len(class_weights) != num_classes:

@@ -69,7 +69,8 @@ class VolumeMultitask(VolumeSegmenter):
         label_smoothing: the grade's cross-entropy label smoothing.
         criterion, class_names (the regions), sliding_window_size, sliding_window_batch_size,
             overlap, threshold, mirror_axes, postprocessing, submission_names, scoring_grid,
-            optimizer, scheduler, channels_last, compile: see :class:`VolumeSegmenter`.
+            optimizer, scheduler, layer_decay, channels_last, compile: see
+            :class:`VolumeSegmenter`.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class VolumeMultitask(VolumeSegmenter):
         scoring_grid: ScoringGrid = "original",
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float | None = None,
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
@@ -109,6 +111,7 @@ class VolumeMultitask(VolumeSegmenter):
             scoring_grid,
             optimizer,
             scheduler,
+            layer_decay,
             channels_last,
             compile,
         )

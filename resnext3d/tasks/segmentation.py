@@ -137,7 +137,7 @@ class VolumeSegmenter(VolumeTask):
             writes, on each case's own grid (above); ``"resampled"``, the cheaper scores of the
             thresholded (and post-processed) masks on the grid the network sees, the training
             ``spacing``, against the resampled reference; not what the challenge reports.
-        optimizer, scheduler, channels_last, compile: see :class:`VolumeTask`.
+        optimizer, scheduler, layer_decay, channels_last, compile: see :class:`VolumeTask`.
     """
 
     checkpoint_monitor = ("val/dice_mean", "max")
@@ -157,10 +157,11 @@ class VolumeSegmenter(VolumeTask):
         scoring_grid: ScoringGrid = "original",
         optimizer: OptimizerCallable = fused_adamw,
         scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float | None = None,
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, channels_last, compile)
+        super().__init__(optimizer, scheduler, channels_last, compile, layer_decay)
         self.save_hyperparameters(
             ignore=["network", "criterion", *INFERENCE_ARGUMENTS, *RUNTIME_ARGUMENTS]
         )
