@@ -295,6 +295,10 @@ class ResNeXtCLI(LightningCLI):
                 logger.init_args.save_dir = config.trainer.default_root_dir
                 _keep_wandb_offline_without_key(logger)
         self._configure_checkpoints(config)
+        if self._ckpt_path() or self.ensemble:
+            # The checkpoints' weights replace the pretrained ones the network was first built
+            # from, whose file need not be where it was when the run began.
+            _forget_pretrained_weights(config.model)
         if self.owner is not None and self.resume_dir is None:
             self._own_new_run_directory(Path(config.trainer.default_root_dir))
 
@@ -366,6 +370,30 @@ def build_model_and_data(args: list[str]) -> tuple[L.LightningModule, L.Lightnin
             parser_kwargs={"default_config_files": [str(DEFAULTS)]},
         )
     return cli.model, cli.datamodule
+
+
+def _forget_pretrained_weights(node) -> None:
+    """Every ``checkpoint_path`` among a config node's class arguments set to None."""
+    if isinstance(node, list):
+        for item in node:
+            _forget_pretrained_weights(item)
+        return
+    arguments = getattr(node, "init_args", None)
+    if arguments is None:
+        return
+    if getattr(arguments, "checkpoint_path", None) is not None:
+        arguments.checkpoint_path = None
+    for value in vars(arguments).values():
+        _forget_pretrained_weights(value)
+
+
+def _show_weight_reports() -> None:
+    """What pretrained weights loaded, adapted and left at initialisation, which
+    :func:`resnext3d.load_pretrained` logs, on the console as Lightning's own messages are."""
+    logger = logging.getLogger("resnext3d.models.weights")
+    if not logger.handlers and _is_first_rank():
+        logger.setLevel(logging.INFO)
+        logger.addHandler(logging.StreamHandler())
 
 
 @contextlib.contextmanager
@@ -452,6 +480,7 @@ def lightning_main(argv: list[str] | None) -> None:
     warnings.filterwarnings(
         "ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`"
     )
+    _show_weight_reports()
     launching = RUN_VERSION_VARIABLE not in os.environ
     args = list(sys.argv[1:] if argv is None else argv)
     from resnext3d.deploy.engines import take_engine_options

@@ -2,7 +2,10 @@
 pretrained_cfg networks and checkpoints carry, and layer-wise learning-rate decay."""
 
 import json
+import logging
+import shutil
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -410,3 +413,19 @@ def test_a_network_that_says_nothing_of_itself_is_described_by_its_data():
     assert (cfg.first_conv, cfg.classifier, cfg.architecture) == (None, None, None)
     assert cfg.input_size == (2, 32, 32, 24) and cfg.spacing == (1.0, 1.0, 2.0)
     assert cfg.modalities is None and cfg.num_classes == 3  # 2 channels are not BraTS's 4
+
+
+def test_a_run_fine_tuned_from_a_folder_is_evaluated_after_the_folder_is_gone(toy_config, caplog):
+    """The CLI reports what the weights gave, and evaluating or resuming the run takes its own
+    checkpoint's weights without reading the pretrained file again."""
+    source = trained_like(tiny_classifier())
+    save_pretrained(source, "pretrained")
+    network = "--model.init_args.network.init_args.checkpoint_path=pretrained"
+    with caplog.at_level(logging.INFO, logger="resnext3d.models.weights"):
+        main(["fit", "--config", str(toy_config), network, "--trainer.max_epochs", "1"])
+    assert "Loaded" in caplog.text and "pretrained" in caplog.text
+    shutil.rmtree("pretrained")
+    (run,) = Path("runs/toy").iterdir()
+    main(["validate", "--run", str(run)])
+    main(["fit", "--resume", str(run), "--trainer.max_epochs", "2"])
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
