@@ -208,8 +208,9 @@ def agreement(predictions: Path, reference: Path) -> tuple[float, int]:
 def summarise(results: dict[tuple[str, str], dict]) -> list[str]:
     rows = [
         "| engine | mirroring | median s/case | loading | network | stitching | "
-        "post-processing | RSS MiB before cases, peak | voxels equal to torch fp32 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "post-processing | RSS MiB before cases, peak | voxels equal to torch fp32 | "
+        "others' CPU use |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for (mirroring, engine), result in results.items():
         cases = result["cases"][1:] or result["cases"]  # the first holds the set-up
@@ -224,7 +225,7 @@ def summarise(results: dict[tuple[str, str], dict]) -> list[str]:
             f"{median['load and resample']:.2f} | {median['network']:.2f} | "
             f"{median['sliding window (stitching)']:.2f} | {after:.2f} | "
             f"{result['rss_before_cases_mib']:.0f}, {result['peak_rss_mib']:.0f} | "
-            f"{share:.4%} ({differing} differ) |"
+            f"{share:.4%} ({differing} differ) | {result['other_processes_cpu_share']:.0%} |"
         )
     return rows
 
