@@ -455,7 +455,7 @@ def benchmark_cardinality(settings: Settings) -> dict:
     round after round, a few steps of each network per round: on a shared machine a slow spell
     then falls on every network alike, and the ratios to the one-group network hold."""
     variants = cardinality_variants(device_runs_bf16_natively(bench_device()))
-    progress(f"C series: {len(variants)} networks × settings, {settings.cardinality_rounds} rounds")
+    progress(f"C series: {len(variants)} network settings, {settings.cardinality_rounds} rounds")
     measured = run_in_fresh_process(
         measure_series,
         variants,
