@@ -2,6 +2,7 @@
 trivial steps, its options, and one --quick run of the whole entry point (slow). Timings are
 never asserted: they depend on the machine and on whatever else runs on it."""
 
+import gc
 import json
 import math
 import subprocess
@@ -445,6 +446,9 @@ def test_a_budget_bounds_the_timed_steps():
 
 
 def test_peak_memory_counts_what_a_step_touches_after_the_reset():
+    # Earlier tests' networks, freed by the collector while the meter runs, would lower the
+    # resident size it measures from.
+    gc.collect()
     memory = measure.PeakMemory(torch.device("cpu"))
     memory.reset()
     held = torch.ones(64 * 2**20 // 4)  # 64 MiB, written
