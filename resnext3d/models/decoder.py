@@ -239,7 +239,11 @@ class ResNeXtUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_divisible(x.shape[2:], self.total_stride)
-        features = self.encoder(x)
+        return self.decode(x, self.encoder(x))
+
+    def decode(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """The logits from the input and the encoder's feature maps of it (what a network that
+        also reads the encoder's maps, such as a grade head, shares with the decoder)."""
         input_skip = self.input_skip(x) if self.input_skip is not None else None
         skips = [input_skip] * self.needs_input_stage + features[:-1]
         y = features[-1]

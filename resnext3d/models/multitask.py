@@ -15,7 +15,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Pool
 
 from resnext3d.models.construction import records_init_args
-from resnext3d.models.decoder import ResNeXtUNet
+from resnext3d.models.decoder import ResNeXtUNet, check_divisible
 from resnext3d.models.planning import build_network, plan_unet
 from resnext3d.models.resnext import ResNeXtFeatures
 
@@ -65,16 +65,9 @@ class GradingResNeXtUNet(ResNeXtUNet):
         )
 
     def forward(self, x: torch.Tensor) -> RegionsAndGrade:
-        # The deepest map as the UNet's own forward computes it, so the encoder runs once.
-        deepest: list[torch.Tensor] = []
-        hook = self.encoder.register_forward_hook(
-            lambda module, inputs, features: deepest.append(features[-1])
-        )
-        try:
-            regions = super().forward(x)
-        finally:
-            hook.remove()
-        return RegionsAndGrade(regions, self.grade_head(deepest[0]))
+        check_divisible(x.shape[2:], self.total_stride)
+        features = self.encoder(x)  # once, for the decoder and the grade head
+        return RegionsAndGrade(self.decode(x, features), self.grade_head(features[-1]))
 
     def grade(self, x: torch.Tensor) -> torch.Tensor:
         """The grade logits (B, grades) alone, without decoding the regions."""
